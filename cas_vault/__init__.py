@@ -1,0 +1,36 @@
+"""cas-vault: a local-first, content-addressed archive for machine-learning experiments.
+
+The public API is imported lazily, so that ``vault --help`` does not pay for numpy, polars,
+zarr or DuckDB::
+
+    from cas_vault import Vault, SpecimenStorage, VaultQuery
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Vault": "cas_vault.vault",
+    "SpecimenStorage": "cas_vault.storage",
+    "Commit": "cas_vault.commit",
+    "VaultError": "cas_vault.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from .commit import Commit
+    from .errors import VaultError
+    from .storage import SpecimenStorage
+    from .vault import Vault
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cas_vault' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

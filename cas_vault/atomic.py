@@ -1,0 +1,235 @@
+"""Crash-safe file primitives: the only module that renames, links, locks and fsyncs.
+
+Every durable write in cas-vault goes through here so the ordering rules in docs/format.md
+hold everywhere: data is written to a temporary file on the same filesystem, fsynced, then
+moved into place with ``os.link`` (put-if-absent) or ``os.replace`` (replace), and the directory
+is fsynced so the new name itself survives a power loss.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import LockTimeoutError
+
+__all__ = [
+    "TMP_SUFFIX",
+    "FileLock",
+    "append_durable",
+    "fsync_dir",
+    "link_if_absent",
+    "put_if_absent",
+    "temp_path",
+    "write_replace",
+]
+
+#: Every temp file ends with this suffix, so gc and verify can recognise crash leftovers.
+TMP_SUFFIX = ".tmp"
+
+
+def temp_path(directory: Path, stem: str = "w") -> Path:
+    """Return a fresh, unique temp-file path inside ``directory``."""
+    return directory / f".{stem}.{os.getpid()}.{uuid.uuid4().hex}{TMP_SUFFIX}"
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory so that names created or removed in it are durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_fd(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _write_temp(directory: Path, data: bytes | bytearray | memoryview, mode: int) -> Path:
+    tmp = temp_path(directory)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        _write_fd(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def write_replace(path: Path, data: bytes | bytearray | memoryview, mode: int = 0o644) -> None:
+    """Atomically create or replace ``path`` with ``data``.
+
+    Readers see either the old file or the complete new one, never a partial write.
+
+    Args:
+        path: the destination; its directory must exist.
+        data: the complete new contents.
+        mode: permission bits of the new file.
+
+    Raises:
+        OSError: on any I/O failure (the destination is left untouched).
+    """
+    tmp = _write_temp(path.parent, data, mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def put_if_absent(
+    path: Path,
+    data: bytes | bytearray | memoryview,
+    tmp_dir: Path,
+    mode: int = 0o444,
+    sync_dir: bool = True,
+) -> bool:
+    """Create ``path`` with ``data`` unless it exists already.
+
+    The temp file lives in ``tmp_dir`` (same filesystem) and is hard-linked into place, so the
+    final name appears complete or not at all, and an existing file is never overwritten.
+
+    Args:
+        path: the destination.
+        data: the complete contents.
+        tmp_dir: a directory on the same filesystem for the temp file.
+        mode: permission bits (objects are read-only).
+        sync_dir: fsync the destination directory after linking.
+
+    Returns:
+        True if this call created the file, False if it existed already.
+
+    Raises:
+        OSError: on any I/O failure other than the file existing.
+    """
+    if path.exists():
+        return False
+    tmp = _write_temp(tmp_dir, data, mode)
+    try:
+        return link_if_absent(tmp, path, sync_dir=sync_dir)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def link_if_absent(src: Path, dest: Path, sync_dir: bool = True) -> bool:
+    """Hard-link ``src`` to ``dest`` unless ``dest`` exists.
+
+    Args:
+        src: an existing, fsynced file.
+        dest: the new name.
+        sync_dir: fsync ``dest``'s directory after linking.
+
+    Returns:
+        True if the link was created, False if ``dest`` existed already.
+
+    Raises:
+        OSError: on failures other than ``dest`` existing (e.g. a cross-device link).
+    """
+    try:
+        os.link(src, dest)
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dest)
+        except FileExistsError:
+            return False
+    if sync_dir:
+        fsync_dir(dest.parent)
+    return True
+
+
+def append_durable(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` with one write and fsync it.
+
+    Callers hold a :class:`FileLock` so appends from several processes never interleave.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        _write_fd(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileLock:
+    """An advisory, process-wide exclusive lock on a file (``flock``).
+
+    The lock is released by the kernel when the process dies, so a crashed committer never
+    leaves the vault locked.
+
+    Args:
+        path: the lock file (created if missing).
+        timeout: seconds to wait before giving up.
+        shared: take a shared lock instead of an exclusive one.
+    """
+
+    def __init__(self, path: Path, timeout: float = 60.0, shared: bool = False) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.shared = shared
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, waiting up to ``timeout`` seconds.
+
+        Raises:
+            LockTimeoutError: if another process kept it for longer.
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        op = (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+        deadline = time.monotonic() + self.timeout
+        delay = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, op)
+                self._fd = fd
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise LockTimeoutError(
+                    f"another process has held {self.path} for over {self.timeout:.0f} s; "
+                    "wait for it to finish and try again"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def release(self) -> None:
+        """Release the lock."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@contextmanager
+def locked(path: Path, timeout: float = 60.0, shared: bool = False) -> Iterator[None]:
+    """Context manager form of :class:`FileLock`."""
+    with FileLock(path, timeout=timeout, shared=shared):
+        yield

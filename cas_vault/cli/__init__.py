@@ -1,0 +1,9 @@
+"""The ``vault`` command line: a thin layer over :class:`cas_vault.Vault`.
+
+One module per group of commands; :mod:`.main` holds the root group, the shared ``--vault``
+option and the single place where library errors become messages and exit codes.
+"""
+
+from .main import cli, main
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,185 @@
+"""Core commands: init, new, commit, log, show, checkout, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .main import cli, echo_json, open_vault, vault_option
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _split_tags(value: str | None) -> list[str]:
+    return [t for t in (value or "").split(",") if t.strip()]
+
+
+@cli.command()
+@click.argument("path", required=False, default=".", type=click.Path(file_okay=False))
+def init(path: str) -> None:
+    """Create an empty vault at PATH (default: the current directory).
+
+    \b
+    Example:
+      vault init ~/experiments-vault
+    """
+    from ..vault import Vault
+
+    v = Vault.init(path)
+    click.echo(f"Initialized empty vault in {v.root}")
+
+
+@cli.command()
+@click.argument("specimen_id")
+@click.option("--domain", required=True, help="Taxonomy domain, e.g. interpretability.")
+@click.option("--method", required=True, help="Method valid for the domain, e.g. sae_analysis.")
+@click.option("--tags", default=None, help="Comma-separated tags, e.g. gpt2,layer_12.")
+@click.option("--model", default=None, help="Model studied, e.g. gpt2-small.")
+@click.option("--parent", "parents", multiple=True, help="Committed specimen this derives from (repeatable).")
+@vault_option
+def new(specimen_id: str, domain: str, method: str, tags: str | None, model: str | None,
+        parents: tuple[str, ...], vault_path: str | None) -> None:
+    """Scaffold specimens/SPECIMEN_ID/ with manifest, protocol.py, field_notes.md and strata/.
+
+    \b
+    Example:
+      vault new 2024_12_19_my_experiment --domain interpretability \\
+          --method sae_analysis --tags gpt2,layer_12
+    """
+    v = open_vault(vault_path)
+    path = v.new(specimen_id, domain=domain, method=method, tags=_split_tags(tags), model=model,
+                 parents=list(parents))
+    click.echo(f"Created {path}")
+    click.echo(f"Next: edit {path / 'protocol.py'}, run it, then `vault commit {specimen_id} -m MSG`")
+
+
+@cli.command()
+@click.argument("specimen_id")
+@click.option("-m", "--message", default="", help="Commit message.")
+@click.option("--parent", "parents", multiple=True, help="Extra parent specimen (repeatable).")
+@vault_option
+def commit(specimen_id: str, message: str, parents: tuple[str, ...], vault_path: str | None) -> None:
+    """Seal specimens/SPECIMEN_ID/ as an immutable commit; prints the commit digest.
+
+    \b
+    Example:
+      vault commit 2024_12_19_my_experiment -m "baseline, lr 3e-4"
+    """
+    v = open_vault(vault_path)
+    c = v.commit(specimen_id, message=message, parents=list(parents))
+    click.echo(c.digest)
+
+
+@cli.command()
+@click.argument("specimen_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (stable format).")
+@vault_option
+def log(specimen_id: str | None, as_json: bool, vault_path: str | None) -> None:
+    """List committed specimens, newest first; with SPECIMEN_ID, its lineage.
+
+    \b
+    Examples:
+      vault log
+      vault log 2024_12_19_derived --json
+    """
+    v = open_vault(vault_path)
+    entries = v.log(specimen_id)
+    if as_json:
+        echo_json([e.to_dict() for e in entries])
+        return
+    if not entries:
+        click.echo("No committed specimens yet. Try `vault demo`.")
+    for e in entries:
+        c = e.commit
+        click.echo(click.style(f"commit {e.digest}", fg="yellow"))
+        click.echo(f"Specimen: {e.specimen_id}")
+        click.echo(f"Date:     {c.created}")
+        click.echo(f"Author:   {c.author}")
+        tags = ",".join(c.manifest.tags)
+        click.echo(f"Kind:     {c.manifest.domain}/{c.manifest.method}"
+                   + (f"  model={c.manifest.model}" if c.manifest.model else "")
+                   + (f"  tags={tags}" if tags else ""))
+        if c.parents:
+            click.echo(f"Parents:  {' '.join(p[:12] for p in c.parents)}")
+        if c.message:
+            click.echo(f"\n    {c.message}")
+        click.echo("")
+
+
+@cli.command()
+@click.argument("specimen_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (stable format).")
+@vault_option
+def show(specimen_id: str, as_json: bool, vault_path: str | None) -> None:
+    """Show a committed specimen: manifest, files, digests, sizes, parents, bytes.
+
+    \b
+    Example:
+      vault show example_synthetic_demo
+    """
+    v = open_vault(vault_path)
+    info = v.show(specimen_id)
+    if as_json:
+        echo_json(info.to_dict())
+        return
+    c = info.commit
+    m = c.manifest
+    click.echo(f"specimen  {info.specimen_id}")
+    click.echo(f"commit    {info.digest}")
+    click.echo(f"created   {c.created}  by {c.author}")
+    if c.message:
+        click.echo(f"message   {c.message}")
+    click.echo(f"domain    {m.domain}    method {m.method}" + (f"    model {m.model}" if m.model else ""))
+    if m.tags:
+        click.echo(f"tags      {', '.join(m.tags)}")
+    for d, sid in zip(c.parents, info.parent_ids):
+        click.echo(f"parent    {sid or '?'}  {d}")
+    if m.metadata:
+        click.echo(f"metadata  {', '.join(sorted(m.metadata))}")
+    click.echo(f"bytes     {_human(info.logical_bytes)} logical, {_human(info.unique_bytes)} new unique")
+    click.echo(f"files     {len(c.tree)}")
+    width = max((len(p) for p in c.tree), default=0)
+    for path, e in c.tree.items():
+        click.echo(f"  {path:<{width}}  {e.kind:<7}  {e.size:>12,}  {e.digest[:16]}")
+
+
+@cli.command()
+@click.argument("specimen_id")
+@click.argument("dest", type=click.Path(file_okay=False))
+@vault_option
+def checkout(specimen_id: str, dest: str, vault_path: str | None) -> None:
+    """Copy a committed specimen's files to DEST (a new or empty directory), verifying each byte.
+
+    \b
+    Example:
+      vault checkout example_synthetic_demo /tmp/demo-copy
+    """
+    v = open_vault(vault_path)
+    out = v.checkout(specimen_id, dest)
+    click.echo(f"Checked out {specimen_id} to {out}")
+
+
+@cli.command()
+@click.option("--vault", "vault_path", type=click.Path(file_okay=False), default=None,
+              help="Where to create the demo vault (default ./demo-vault).")
+def demo(vault_path: str | None) -> None:
+    """Create a demo vault, run the shipped example specimen, commit it, and say what to try.
+
+    \b
+    Example:
+      vault demo && vault --vault demo-vault log
+    """
+    from ..demo import run_demo
+
+    root = click.get_current_context().find_root().obj.get("vault_path")
+    result = run_demo(Path(vault_path or root or "demo-vault"))
+    for line in result.report():
+        click.echo(line)

@@ -1,0 +1,117 @@
+"""Root ``vault`` group, shared options, and the one error-to-exit-code table.
+
+Exit codes: 0 ok; 1 a check found problems (:class:`IntegrityError`); 2 bad input or usage
+(every other :class:`VaultError`, click usage errors, OS errors such as permissions). Errors
+are printed as ``error: <what was wrong and what to do>``, never as a traceback; set
+``CAS_VAULT_DEBUG=1`` to see one.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ..errors import VaultError
+
+__all__ = ["cli", "echo_json", "main", "open_vault", "vault_option"]
+
+#: Modules that register commands on :data:`cli` when imported.
+COMMAND_MODULES = ("core",)
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class VaultGroup(click.Group):
+    """A click group that turns library errors into clean messages and exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except VaultError as exc:
+            _fail(str(exc), exc.exit_code)
+        except OSError as exc:
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            _fail(f"{exc.strerror or exc}{where}; check the path, its permissions and free space", 2)
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing half-written was kept (temp files are cleaned by `vault gc`)", 130)
+        except Exception as exc:  # a bug: say so plainly, without a traceback
+            if os.environ.get("CAS_VAULT_DEBUG"):
+                raise
+            _fail(
+                f"internal error: {type(exc).__name__}: {exc}. This is a bug in cas-vault; "
+                "rerun with CAS_VAULT_DEBUG=1 for the traceback and report it",
+                1,
+            )
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=VaultGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(package_name="cas-vault", prog_name="vault")
+@click.option(
+    "--vault", "vault_path", type=click.Path(file_okay=False), default=None, envvar=None,
+    help="Vault directory (default: $CAS_VAULT_DIR, else the nearest vault above the current directory).",
+)
+@click.pass_context
+def cli(ctx: click.Context, vault_path: str | None) -> None:
+    """cas-vault: seal every experiment, deduplicate every byte, query everything in SQL.
+
+    \b
+    Start here:
+      vault demo                       create ./demo-vault with an example specimen
+      vault init PATH                  create an empty vault
+      vault new ID --domain D --method M
+      vault commit ID -m "message"
+      vault log / vault show ID
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["vault_path"] = vault_path
+
+
+def vault_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--vault PATH`` to a command; the value is merged with the group's."""
+
+    @click.option("--vault", "vault_path", type=click.Path(file_okay=False), default=None,
+                  help="Vault directory (overrides the group option and $CAS_VAULT_DIR).")
+    @functools.wraps(f)
+    def wrapper(*args: Any, vault_path: str | None = None, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        root = ctx.find_root()
+        if vault_path is None and root.obj:
+            vault_path = root.obj.get("vault_path")
+        return f(*args, vault_path=vault_path, **kwargs)
+
+    return wrapper
+
+
+def open_vault(vault_path: str | None) -> Any:
+    """Open the vault named by ``--vault`` (or found from the environment / cwd)."""
+    from ..vault import Vault
+
+    return Vault.open(vault_path)
+
+
+def echo_json(value: Any) -> None:
+    """Print ``value`` as stable, sorted, indented JSON."""
+    click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=True))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``vault`` and ``cas-vault`` scripts."""
+    cli.main(args=argv, prog_name="vault")
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"{__package__}.{_name}")

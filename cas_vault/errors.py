@@ -1,0 +1,101 @@
+"""The one error tree of cas-vault.
+
+Every error the library raises derives from :class:`VaultError`. Errors are grouped by what
+a caller would do about them, and each category maps to one CLI exit code::
+
+    VaultError                      (exit 2 unless a subclass says otherwise)
+    +-- InvalidInputError           bad id, bad manifest, bad data   (also ValueError)
+    |   +-- InvalidIdError          a specimen id that is not allowed
+    |   +-- TaxonomyError           a domain/method pair outside the taxonomy
+    +-- NotFoundError               no such vault, specimen, object  (also KeyError)
+    +-- AlreadyExistsError          a ref or specimen that exists already
+    |   +-- ImmutableError          an attempt to change something committed
+    +-- IntegrityError              bytes that do not match their digest (exit 1)
+    |   +-- ChecksumMismatch        expected vs. actual digest, kept as attributes
+    +-- LockTimeoutError            another process holds the vault lock too long
+
+Messages say what was wrong and what to do about it; the CLI prints them as they are.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyExistsError",
+    "ChecksumMismatch",
+    "ImmutableError",
+    "IntegrityError",
+    "InvalidIdError",
+    "InvalidInputError",
+    "LockTimeoutError",
+    "NotFoundError",
+    "TaxonomyError",
+    "VaultError",
+]
+
+
+class VaultError(Exception):
+    """Root of every error cas-vault raises.
+
+    Attributes:
+        exit_code: the exit code the CLI uses for this kind of error.
+    """
+
+    exit_code: int = 2
+
+
+class InvalidInputError(VaultError, ValueError):
+    """The caller passed something that cannot be accepted; nothing was written."""
+
+
+class InvalidIdError(InvalidInputError):
+    """A specimen id that could escape a directory or break a SQL identifier."""
+
+
+class TaxonomyError(InvalidInputError):
+    """A domain/method pair that the taxonomy does not allow."""
+
+
+class NotFoundError(VaultError, KeyError):
+    """A vault, specimen, commit or object that does not exist."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class AlreadyExistsError(VaultError):
+    """Something that may be created only once exists already."""
+
+
+class ImmutableError(AlreadyExistsError):
+    """An attempt to change or remove something that is committed."""
+
+
+class IntegrityError(VaultError):
+    """Stored bytes do not match what was recorded for them."""
+
+    exit_code = 1
+
+
+class ChecksumMismatch(IntegrityError):
+    """Bytes whose BLAKE3 digest differs from the one they were stored under.
+
+    Attributes:
+        expected: the digest the bytes were named or recorded with.
+        got: the digest of the bytes actually found.
+    """
+
+    def __init__(self, expected: str, got: str, what: str = "object") -> None:
+        self.expected = expected
+        self.got = got
+        self.what = what
+        super().__init__(
+            f"{what} should have BLAKE3 {expected} but its bytes hash to {got}; "
+            "the bytes were altered or truncated: run `vault verify` to see everything affected"
+        )
+
+    def __reduce__(self):  # keep pickling working with the custom __init__
+        return (type(self), (self.expected, self.got, self.what))
+
+
+class LockTimeoutError(VaultError):
+    """Another process held the vault lock for longer than we were willing to wait."""

@@ -1,0 +1,199 @@
+"""The content-addressed object store: ``objects/<2 hex>/<64 hex>``.
+
+An object's name is the BLAKE3 digest of its exact bytes, with no header, so DuckDB, zarr
+and any other reader can use the file in place. Objects are created once (put-if-absent),
+made read-only, and never modified; only ``vault gc`` removes unreachable ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .atomic import fsync_dir, link_if_absent, put_if_absent
+from .digest import Digest, hash_bytes, hash_file, is_digest, parse_digest
+from .errors import ChecksumMismatch, IntegrityError, NotFoundError
+
+__all__ = ["ObjectStore"]
+
+_OBJECT_MODE = 0o444
+
+
+class ObjectStore:
+    """Blobs named by their BLAKE3 digest.
+
+    Args:
+        root: the ``objects/`` directory.
+        tmp_dir: a directory on the same filesystem for temp files (``<vault>/tmp``).
+    """
+
+    def __init__(self, root: Path, tmp_dir: Path) -> None:
+        self.root = root
+        self.tmp_dir = tmp_dir
+
+    # -- naming -------------------------------------------------------------------------------
+    def path(self, digest: Digest | str) -> Path:
+        """Return the path an object with this digest has (whether or not it exists).
+
+        Raises:
+            InvalidInputError: if ``digest`` is malformed (it is never joined into a path then).
+        """
+        d = parse_digest(digest, "object digest")
+        return self.root / d[:2] / d
+
+    def has(self, digest: Digest | str) -> bool:
+        """Return True if the object exists."""
+        return self.path(digest).is_file()
+
+    def size(self, digest: Digest | str) -> int:
+        """Return the object's size in bytes.
+
+        Raises:
+            NotFoundError: if it does not exist.
+        """
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"object {digest} is missing from {self.root}") from None
+
+    # -- writing ------------------------------------------------------------------------------
+    def put_bytes(
+        self, data: bytes | bytearray | memoryview, expected: Digest | str | None = None,
+        sync_dir: bool = True,
+    ) -> Digest:
+        """Store ``data`` and return its digest; existing objects are not rewritten.
+
+        Args:
+            data: the object's bytes.
+            expected: if given, the digest the caller claims the bytes have.
+            sync_dir: fsync the fan-out directory (callers batching many puts may do it once).
+
+        Returns:
+            The digest.
+
+        Raises:
+            ChecksumMismatch: if ``expected`` is given and the bytes hash to something else
+                (nothing is written then).
+        """
+        digest = hash_bytes(data)
+        if expected is not None and digest != expected:
+            raise ChecksumMismatch(str(expected), digest, "incoming object")
+        path = self.path(digest)
+        if not put_if_absent(path, data, self.tmp_dir, mode=_OBJECT_MODE, sync_dir=sync_dir):
+            self._touch(path)
+        return digest
+
+    def put_file(self, src: Path, known: Digest | None = None) -> tuple[Digest, int]:
+        """Store the file at ``src`` without copying its bytes: it is hard-linked into place.
+
+        The file is fsynced, hashed (unless it is already the object named ``known``), and
+        linked to its object name. Afterwards the working file and the object are one inode,
+        made read-only: the sealed bytes are written once.
+
+        Args:
+            src: a regular file on the vault's filesystem.
+            known: a digest recorded for this file when it was written; trusted only if
+                ``src`` already is that object (same inode).
+
+        Returns:
+            ``(digest, size)``.
+
+        Raises:
+            IntegrityError: if the file changed while it was being stored.
+            OSError: if it cannot be read or linked.
+        """
+        st = src.stat()
+        if known is not None and is_digest(known):
+            obj = self.path(known)
+            try:
+                ost = obj.stat()
+                if (ost.st_ino, ost.st_dev) == (st.st_ino, st.st_dev):
+                    return known, st.st_size
+            except FileNotFoundError:
+                pass
+        # Make the bytes durable before they get a permanent name.
+        with open(src, "rb") as f:
+            os.fsync(f.fileno())
+        digest, size = hash_file(src)
+        st2 = src.stat()
+        if (st2.st_size, st2.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or size != st.st_size:
+            raise IntegrityError(
+                f"{src} changed while it was being committed; wait for whatever writes it "
+                "to finish and commit again"
+            )
+        dest = self.path(digest)
+        try:
+            created = link_if_absent(src, dest)
+        except OSError:
+            # A cross-device working directory: fall back to one copy (no link possible).
+            self.put_bytes(src.read_bytes(), expected=digest)
+            return digest, size
+        if created:
+            os.chmod(dest, _OBJECT_MODE)
+        else:
+            self._touch(dest)
+        return digest, size
+
+    @staticmethod
+    def _touch(path: Path) -> None:
+        # A re-put refreshes the mtime so a concurrent gc's grace period protects it.
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+
+    def sync(self, digests: list[Digest]) -> None:
+        """fsync the fan-out directories of ``digests`` (after puts with ``sync_dir=False``)."""
+        for prefix in sorted({d[:2] for d in digests}):
+            fsync_dir(self.root / prefix)
+
+    # -- reading ------------------------------------------------------------------------------
+    def get(self, digest: Digest | str, verify: bool = True) -> bytes:
+        """Return an object's bytes.
+
+        Args:
+            digest: the object.
+            verify: re-hash the bytes and refuse them if they do not match.
+
+        Raises:
+            NotFoundError: if the object is missing.
+            ChecksumMismatch: if ``verify`` and the bytes were altered.
+        """
+        try:
+            data = self.path(digest).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"object {digest} is missing from {self.root}; run `vault verify`"
+            ) from None
+        if verify:
+            got = hash_bytes(data)
+            if got != digest:
+                raise ChecksumMismatch(str(digest), got)
+        return data
+
+    def open(self, digest: Digest | str) -> BinaryIO:
+        """Open an object for reading (no verification: for ranged, lazy reads).
+
+        Raises:
+            NotFoundError: if the object is missing.
+        """
+        try:
+            return open(self.path(digest), "rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"object {digest} is missing from {self.root}") from None
+
+    def iter_digests(self) -> Iterator[Digest]:
+        """Yield the digest of every object present, in no particular order.
+
+        Files in ``objects/`` whose names are not digests (strays) are skipped; verify reports them.
+        """
+        if not self.root.is_dir():
+            return
+        for fan in os.scandir(self.root):
+            if not fan.is_dir() or len(fan.name) != 2:
+                continue
+            for entry in os.scandir(fan.path):
+                if is_digest(entry.name) and entry.name[:2] == fan.name:
+                    yield Digest(entry.name)

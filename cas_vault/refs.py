@@ -1,0 +1,253 @@
+"""Append-only refs and the hash-chained journal of their creation.
+
+``refs/<specimen_id>`` holds the commit digest of a sealed specimen; it is created once and
+never moved or removed through the API. Every creation is recorded in ``journal``: one JSON line
+per entry, each carrying the BLAKE3 of the line before it, so deleting, reordering or editing an
+entry breaks the chain and is detected by ``vault verify``.
+
+Ref creation and the journal append happen under one lock, bracketed by an intent file
+``locks/pending/<specimen_id>``. A crash between the two leaves a ref whose journal line is
+missing but whose intent file exists; the next writer (or ``verify``) appends the line, since the
+ref already points to a complete commit (commits are written before refs). A ref that lacks both a
+journal line and an intent file was not made by cas-vault (or its journal line was deleted), and
+``verify`` reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .atomic import FileLock, append_durable, fsync_dir, put_if_absent, write_replace
+from .digest import Digest, hash_bytes, is_digest
+from .errors import ImmutableError, InvalidInputError
+from .ids import validate_id
+
+__all__ = ["GENESIS", "JournalEntry", "RefStore"]
+
+#: The ``prev`` of the first journal entry.
+GENESIS = Digest("0" * 64)
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One line of the journal.
+
+    Attributes:
+        seq: 0-based position in the journal.
+        specimen_id: the ref created.
+        commit: the commit digest it was created with.
+        time: UTC timestamp of the creation.
+        prev: digest of the previous line (``GENESIS`` for the first).
+        line: the exact line bytes (without the newline).
+    """
+
+    seq: int
+    specimen_id: str
+    commit: Digest
+    time: str
+    prev: Digest
+    line: bytes
+
+    @property
+    def digest(self) -> Digest:
+        """BLAKE3 of the line's bytes: the next entry's ``prev``."""
+        return hash_bytes(self.line)
+
+    @staticmethod
+    def encode(seq: int, specimen_id: str, commit: str, time: str, prev: str) -> bytes:
+        """Return the canonical line for an entry (sorted keys, no spaces, ASCII)."""
+        return json.dumps(
+            {"commit": commit, "prev": prev, "seq": seq, "specimen_id": specimen_id, "time": time},
+            sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+        ).encode("ascii")
+
+    @classmethod
+    def decode(cls, line: bytes, lineno: int) -> JournalEntry:
+        """Parse one journal line.
+
+        Raises:
+            InvalidInputError: if the line is not a well-formed canonical entry.
+        """
+        try:
+            v = json.loads(line)
+            entry = cls(int(v["seq"]), str(v["specimen_id"]), Digest(v["commit"]), str(v["time"]),
+                        Digest(v["prev"]), line)
+        except (ValueError, KeyError, TypeError):
+            raise InvalidInputError(f"journal line {lineno} is not a valid entry") from None
+        if cls.encode(entry.seq, entry.specimen_id, entry.commit, entry.time, entry.prev) != line:
+            raise InvalidInputError(f"journal line {lineno} is not in canonical form")
+        if not (is_digest(entry.commit) and is_digest(entry.prev)):
+            raise InvalidInputError(f"journal line {lineno} has a malformed digest")
+        return entry
+
+
+class RefStore:
+    """Refs and journal of one vault.
+
+    Args:
+        refs_dir: ``<vault>/refs``.
+        journal: ``<vault>/journal``.
+        lock: the lock file serialising ref creation (``<vault>/locks/refs.lock``).
+        tmp_dir: temp directory on the same filesystem.
+    """
+
+    def __init__(self, refs_dir: Path, journal: Path, lock: Path, tmp_dir: Path) -> None:
+        self.refs_dir = refs_dir
+        self.journal = journal
+        self.lock_path = lock
+        self.tmp_dir = tmp_dir
+        self.pending_dir = lock.parent / "pending"
+
+    # -- reading -----------------------------------------------------------------------------
+    def get(self, specimen_id: str) -> Digest | None:
+        """Return the commit digest of ``specimen_id``, or None if it has no ref."""
+        validate_id(specimen_id)
+        try:
+            text = (self.refs_dir / specimen_id).read_text("ascii").strip()
+        except FileNotFoundError:
+            return None
+        except UnicodeDecodeError:
+            text = ""
+        if not is_digest(text):
+            raise InvalidInputError(
+                f"ref {specimen_id} is corrupt (does not hold a commit digest); run `vault verify`"
+            )
+        return Digest(text)
+
+    def read_raw(self, specimen_id: str) -> bytes | None:
+        """Return a ref file's raw bytes (for verify), or None if missing."""
+        try:
+            return (self.refs_dir / specimen_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def names(self) -> list[str]:
+        """Return the ids of every ref file, sorted (including malformed names, for verify)."""
+        if not self.refs_dir.is_dir():
+            return []
+        return sorted(e.name for e in os.scandir(self.refs_dir)
+                      if e.is_file() and not e.name.startswith("."))
+
+    def all(self) -> dict[str, Digest]:
+        """Return every well-formed ref: specimen id -> commit digest."""
+        out: dict[str, Digest] = {}
+        for name in self.names():
+            try:
+                d = self.get(name)
+            except InvalidInputError:
+                continue
+            if d is not None:
+                out[name] = d
+        return out
+
+    def entries(self) -> Iterator[JournalEntry]:
+        """Yield the journal's complete entries in order.
+
+        A final line without its newline (an append cut short by a crash) is not yielded.
+
+        Raises:
+            InvalidInputError: for a line that cannot be parsed.
+        """
+        try:
+            data = self.journal.read_bytes()
+        except FileNotFoundError:
+            return
+        lines = data.split(b"\n")
+        for i, line in enumerate(lines[:-1], start=1):  # the last piece is "" or a partial line
+            yield JournalEntry.decode(line, i)
+
+    # -- writing -----------------------------------------------------------------------------
+    def create(self, specimen_id: str, commit: Digest, time: str) -> None:
+        """Create the ref ``specimen_id`` -> ``commit`` and journal it.
+
+        Args:
+            specimen_id: a validated id.
+            commit: the digest of a commit object that is already durable.
+            time: UTC timestamp for the journal entry.
+
+        Raises:
+            ImmutableError: if the ref exists (refs are never moved).
+        """
+        validate_id(specimen_id)
+        with FileLock(self.lock_path):
+            self._recover_locked()
+            existing = self.get(specimen_id)
+            if existing is not None:
+                raise ImmutableError(
+                    f"specimen {specimen_id} is already committed as {existing}; committed "
+                    "specimens never change: create a new specimen (vault new NEW_ID --parent "
+                    f"{specimen_id}) for a variation"
+                )
+            data = (commit + "\n").encode("ascii")
+            intent = self.pending_dir / specimen_id
+            self.pending_dir.mkdir(parents=True, exist_ok=True)
+            write_replace(intent, data)
+            if not put_if_absent(self.refs_dir / specimen_id, data, self.tmp_dir):
+                intent.unlink(missing_ok=True)
+                raise ImmutableError(f"specimen {specimen_id} was committed concurrently")
+            self._append_locked(specimen_id, commit, time)
+            intent.unlink()
+
+    def recover(self) -> list[str]:
+        """Finish journal entries that a crash cut off; see :meth:`_recover_locked`."""
+        with FileLock(self.lock_path):
+            return self._recover_locked()
+
+    def _last(self) -> tuple[int, Digest, set[str]]:
+        seq, prev, ids = 0, GENESIS, set()
+        for e in self.entries():
+            seq, prev = e.seq + 1, e.digest
+            ids.add(e.specimen_id)
+        return seq, prev, ids
+
+    def _append_locked(self, specimen_id: str, commit: str, time: str) -> None:
+        seq, prev, _ = self._last()
+        line = JournalEntry.encode(seq, specimen_id, commit, time, prev)
+        new_file = not self.journal.exists()
+        append_durable(self.journal, line + b"\n")
+        if new_file:
+            fsync_dir(self.journal.parent)
+
+    def _recover_locked(self) -> list[str]:
+        """Repair what a crash between ref creation and journal append left.
+
+        Drops a partial last journal line, then journals refs that have no entry but do have an
+        intent file (their commit was interrupted after the ref was created), and removes intent
+        files whose work is finished or never started. Returns the ids it journaled.
+        """
+        try:
+            data = self.journal.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            with open(self.journal, "r+b") as f:
+                f.truncate(keep)
+                os.fsync(f.fileno())
+        try:
+            _, _, journaled = self._last()
+        except InvalidInputError:
+            return []  # a damaged journal is verify's to report, not ours to rewrite
+        missing = []
+        intents = (sorted(n for n in os.listdir(self.pending_dir) if not n.startswith("."))
+                   if self.pending_dir.is_dir() else [])
+        for name in intents:
+            intent = self.pending_dir / name
+            try:
+                d = self.get(name) if name not in journaled else None
+            except InvalidInputError:
+                d = None
+            if d is not None and intent.read_bytes().strip().decode("ascii", "replace") == d:
+                missing.append(((self.refs_dir / name).stat().st_mtime_ns, name, d))
+            else:
+                intent.unlink(missing_ok=True)
+        from .commit import utc_now
+
+        for _, name, d in sorted(missing):
+            self._append_locked(name, d, utc_now())
+            (self.pending_dir / name).unlink(missing_ok=True)
+        return [name for _, name, _ in sorted(missing)]

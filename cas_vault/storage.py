@@ -1,0 +1,243 @@
+"""SpecimenStorage: how an experiment writes and reads its results (the seed's API).
+
+    storage = SpecimenStorage(Path(__file__).parent)
+    storage.write_metrics({"step": [0, 1], "loss": [0.5, 0.3]})   # strata/metrics.parquet
+    storage.write_config({"lr": 3e-4})                              # strata/config.msgpack
+    storage.write_tensors("activations", array)                     # strata/activations.zarr
+    storage.read_metrics(); storage.read_tensor_lazy("activations")
+
+Every write is atomic (temp file + rename), so a crash never leaves a half-written result.
+Writing to a specimen that is already committed is refused: committed specimens never change.
+Constructing a SpecimenStorage creates nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import canonical
+from .atomic import write_replace
+from .errors import ImmutableError, InvalidInputError, NotFoundError
+
+if TYPE_CHECKING:  # heavy imports stay lazy so `vault --help` is fast
+    import numpy as np
+    import polars as pl
+    import zarr
+
+__all__ = ["SpecimenStorage"]
+
+_NAME_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+VAULT_MARKER = "vault.msgpack"
+
+
+def check_name(name: object, what: str) -> str:
+    """Validate a result name (file stem inside ``strata/``).
+
+    Raises:
+        InvalidInputError: if it could escape the directory or is empty.
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise InvalidInputError(
+            f"{what} name {name!r} is invalid; use letters, digits, '_', '-', '.' (max 128)"
+        )
+    return name
+
+
+class SpecimenStorage:
+    """Read and write one specimen's results in its working directory.
+
+    Args:
+        specimen_dir: ``specimens/<id>/`` (usually ``Path(__file__).parent`` in a protocol).
+    """
+
+    def __init__(self, specimen_dir: str | Path) -> None:
+        self.path = Path(specimen_dir).resolve()
+        self.strata = self.path / "strata"
+
+    # -- helpers -----------------------------------------------------------------------------
+    @property
+    def specimen_id(self) -> str:
+        """The specimen id (the working directory's name)."""
+        return self.path.name
+
+    def vault_root(self) -> Path | None:
+        """Return the vault this working directory belongs to, if any."""
+        parent = self.path.parent
+        if parent.name == "specimens" and (parent.parent / VAULT_MARKER).is_file():
+            return parent.parent
+        return None
+
+    def _check_writable(self) -> None:
+        root = self.vault_root()
+        if root is not None and (root / "refs" / self.specimen_id).exists():
+            raise ImmutableError(
+                f"specimen {self.specimen_id} is committed and can no longer change; create a "
+                f"new specimen for new results (vault new NEW_ID --parent {self.specimen_id} ...)"
+            )
+        if not self.path.is_dir():
+            raise NotFoundError(
+                f"specimen directory {self.path} does not exist; create it with `vault new`"
+            )
+        self.strata.mkdir(exist_ok=True)
+
+    # -- metrics -----------------------------------------------------------------------------
+    def write_metrics(
+        self, metrics: Mapping[str, Sequence[Any]] | pl.DataFrame, name: str = "metrics"
+    ) -> Path:
+        """Write a table of metrics as ``strata/<name>.parquet``.
+
+        Args:
+            metrics: a polars DataFrame or a dict of equally long columns. NaN and inf are kept.
+            name: the file stem (default ``metrics``).
+
+        Returns:
+            The written path.
+
+        Raises:
+            InvalidInputError: ragged or untypeable columns, or an empty table with no columns.
+            ImmutableError: if the specimen is committed.
+        """
+        check_name(name, "metrics")
+        df = to_frame(metrics)
+        self._check_writable()
+        buf = io.BytesIO()
+        # zstd + statistics: compact and fast for DuckDB; polars writes no timestamps into the
+        # file, so identical tables give identical bytes (and one object).
+        df.write_parquet(buf, compression="zstd", statistics=True)
+        path = self.strata / f"{name}.parquet"
+        write_replace(path, buf.getbuffer())
+        return path
+
+    def read_metrics(self, name: str = "metrics") -> pl.DataFrame:
+        """Read ``strata/<name>.parquet`` as a polars DataFrame.
+
+        Raises:
+            NotFoundError: if it was never written.
+        """
+        import polars as pl
+
+        path = self.strata / f"{check_name(name, 'metrics')}.parquet"
+        if not path.is_file():
+            raise NotFoundError(f"{path} does not exist; write it with write_metrics()")
+        return pl.read_parquet(path)
+
+    # -- config ------------------------------------------------------------------------------
+    def write_config(self, config: Mapping[str, Any], name: str = "config") -> Path:
+        """Write a config dict as canonical msgpack ``strata/<name>.msgpack``.
+
+        Raises:
+            InvalidInputError: if it holds values msgpack cannot store.
+            ImmutableError: if the specimen is committed.
+        """
+        check_name(name, "config")
+        if not isinstance(config, Mapping):
+            raise InvalidInputError(f"config must be a dict, not {type(config).__name__}")
+        data = canonical.packb(dict(config))
+        self._check_writable()
+        path = self.strata / f"{name}.msgpack"
+        write_replace(path, data)
+        return path
+
+    def read_config(self, name: str = "config") -> dict[str, Any]:
+        """Read ``strata/<name>.msgpack``.
+
+        Raises:
+            NotFoundError: if it was never written.
+        """
+        path = self.strata / f"{check_name(name, 'config')}.msgpack"
+        try:
+            return canonical.unpackb(path.read_bytes(), str(path))
+        except FileNotFoundError:
+            raise NotFoundError(f"{path} does not exist; write it with write_config()") from None
+
+    # -- tensors -----------------------------------------------------------------------------
+    def write_tensors(
+        self, name: str, array: np.ndarray, chunks: Sequence[int] | int | None = None,
+        compressor: str | None = "zstd",
+    ) -> Path:
+        """Write ``array`` as the Zarr v3 array ``strata/<name>.zarr``.
+
+        Args:
+            name: the tensor's name.
+            array: any numeric or bool numpy array (0-d and empty included).
+            chunks: chunk shape; default chunks the first two dims at <= 1000 and keeps the rest.
+            compressor: ``"zstd"`` (deterministic) or None for raw bytes.
+
+        Returns:
+            The array's directory.
+
+        Raises:
+            InvalidInputError: object/string dtypes, bad chunks or names.
+            ImmutableError: if the specimen is committed.
+        """
+        from .tensors import write_array
+
+        check_name(name, "tensor")
+        self._check_writable()
+        return write_array(self.strata / f"{name}.zarr", array, chunks=chunks, compressor=compressor)
+
+    def read_tensor_lazy(self, name: str) -> zarr.Array:
+        """Open ``strata/<name>.zarr`` lazily (read-only): slicing reads only the chunks needed.
+
+        Raises:
+            NotFoundError: if it was never written.
+        """
+        from .tensors import open_array
+
+        path = self.strata / f"{check_name(name, 'tensor')}.zarr"
+        if not (path / "zarr.json").is_file():
+            raise NotFoundError(f"tensor {name!r} not found at {path}; write it with write_tensors()")
+        return open_array(path)
+
+    def list_tensors(self) -> list[str]:
+        """Names of the tensors written so far."""
+        if not self.strata.is_dir():
+            return []
+        return sorted(p.name[:-5] for p in self.strata.glob("*.zarr") if (p / "zarr.json").is_file())
+
+
+def to_frame(metrics: Any) -> pl.DataFrame:
+    """Turn a dict of columns or a DataFrame into a DataFrame, with clear errors.
+
+    Raises:
+        InvalidInputError: for ragged columns, non-string names or unsupported values.
+    """
+    import polars as pl
+
+    if isinstance(metrics, pl.DataFrame):
+        df = metrics
+    elif isinstance(metrics, Mapping):
+        if not metrics:
+            raise InvalidInputError("metrics has no columns; pass a dict of equally long lists")
+        lengths = {}
+        for k, v in metrics.items():
+            if not isinstance(k, str):
+                raise InvalidInputError(f"metric column name {k!r} must be a string")
+            try:
+                lengths[k] = len(v)
+            except TypeError:
+                raise InvalidInputError(
+                    f"metric column {k!r} is a {type(v).__name__}, not a list of values"
+                ) from None
+        if len(set(lengths.values())) > 1:
+            desc = ", ".join(f"{k}={n}" for k, n in lengths.items())
+            raise InvalidInputError(
+                f"metric columns have different lengths ({desc}); every column needs one value per row"
+            )
+        try:
+            df = pl.DataFrame(dict(metrics), strict=False)
+        except Exception as exc:  # polars raises several types for untypeable input
+            raise InvalidInputError(f"metrics could not be made into a table: {exc}") from None
+    else:
+        raise InvalidInputError(
+            f"metrics must be a dict of columns or a polars DataFrame, not {type(metrics).__name__}"
+        )
+    if df.width == 0:
+        raise InvalidInputError("metrics has no columns")
+    if any(dt == pl.Object for dt in df.dtypes):
+        raise InvalidInputError("metrics hold Python objects; use numbers, strings or booleans")
+    return df

@@ -1,0 +1,667 @@
+"""The Vault: one directory of objects, refs, journal, working directories and catalog.
+
+Layout (docs/format.md)::
+
+    <vault>/vault.msgpack     marker and format version
+    <vault>/objects/ab/<digest>
+    <vault>/refs/<specimen_id>
+    <vault>/journal
+    <vault>/specimens/<specimen_id>/
+    <vault>/tmp/              temp files (crash leftovers are garbage)
+    <vault>/locks/
+    <vault>/vault.duckdb      derived catalog
+
+Every CLI command is a thin layer over the method of the same name here.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import canonical, taxonomy
+from .atomic import FileLock, fsync_dir, write_replace
+from .commit import FORMAT_VERSION, Commit, Manifest, TreeEntry, kind_of, utc_now
+from .digest import Digest, Hasher, is_digest
+from .errors import (
+    AlreadyExistsError,
+    ChecksumMismatch,
+    ImmutableError,
+    InvalidInputError,
+    NotFoundError,
+)
+from .ids import validate_id
+from .objects import ObjectStore
+from .refs import RefStore
+from .storage import VAULT_MARKER, SpecimenStorage
+from .workdir import MANIFEST_NAME, WorkingIndex, iter_files, read_manifest
+
+__all__ = ["LogEntry", "ShowInfo", "Vault", "VAULT_ENV"]
+
+VAULT_ENV = "CAS_VAULT_DIR"
+AUTHOR_ENV = "CAS_VAULT_AUTHOR"
+MARKER_FORMAT = "cas-vault"
+
+PROTOCOL_TEMPLATE = '''"""Protocol for specimen {specimen_id}: {domain} / {method}.
+
+Run it with `python protocol.py` (or `vault run {specimen_id}`), then seal the results with
+`vault commit {specimen_id} -m "what this run shows"`.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from cas_vault import SpecimenStorage
+
+
+def run_experiment() -> None:
+    storage = SpecimenStorage(Path(__file__).parent)
+    rng = np.random.default_rng(0)
+
+    # Metrics: a dict of equally long columns (or a polars DataFrame) -> strata/metrics.parquet
+    steps = np.arange(100)
+    storage.write_metrics({{"step": steps, "loss": np.exp(-steps / 30) + 0.01 * rng.random(100)}})
+
+    # Config -> strata/config.msgpack
+    storage.write_config({{"seed": 0, "steps": 100}})
+
+    # Tensors -> strata/<name>.zarr (chunked, read back lazily)
+    storage.write_tensors("activations", rng.standard_normal((100, 768), dtype=np.float32))
+
+
+if __name__ == "__main__":
+    run_experiment()
+'''
+
+FIELD_NOTES_TEMPLATE = """# Field notes: {specimen_id}
+
+- domain: {domain}
+- method: {method}
+- created: {created}
+
+## Hypothesis
+
+## Methodology
+
+## Observations
+"""
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One committed specimen, as listed by :meth:`Vault.log`.
+
+    Attributes:
+        seq: position in the journal (commit order).
+        specimen_id: the specimen.
+        digest: its commit digest.
+        commit: the decoded commit.
+    """
+
+    seq: int
+    specimen_id: str
+    digest: Digest
+    commit: Commit
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable ``vault log --json`` form (documented in README)."""
+        c = self.commit
+        return {
+            "specimen_id": self.specimen_id, "commit": self.digest, "created": c.created,
+            "author": c.author, "message": c.message, "domain": c.manifest.domain,
+            "method": c.manifest.method, "model": c.manifest.model, "tags": list(c.manifest.tags),
+            "parents": list(c.parents), "files": len(c.tree), "logical_bytes": c.logical_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class ShowInfo:
+    """Everything :meth:`Vault.show` reports about one committed specimen.
+
+    Attributes:
+        specimen_id: the specimen.
+        digest: its commit digest.
+        commit: the decoded commit.
+        parent_ids: specimen ids of its parents (None for a parent commit with no ref).
+        logical_bytes: total size of its files.
+        unique_bytes: bytes of objects that no earlier commit referenced (what it added).
+    """
+
+    specimen_id: str
+    digest: Digest
+    commit: Commit
+    parent_ids: tuple[str | None, ...]
+    logical_bytes: int
+    unique_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable ``vault show --json`` form (documented in README)."""
+        c = self.commit
+        return {
+            "specimen_id": self.specimen_id, "commit": self.digest, "format_version": c.version,
+            "created": c.created, "author": c.author, "message": c.message,
+            "manifest": c.manifest.to_map(),
+            "parents": [{"commit": d, "specimen_id": sid} for d, sid in zip(c.parents, self.parent_ids)],
+            "files": [{"path": p, "digest": e.digest, "size": e.size, "kind": e.kind}
+                      for p, e in c.tree.items()],
+            "logical_bytes": self.logical_bytes, "unique_bytes": self.unique_bytes,
+        }
+
+
+class Vault:
+    """A cas-vault directory.
+
+    Use :meth:`init` to create one and :meth:`open` to open an existing one.
+
+    Args:
+        root: the vault directory (must already be a vault).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.objects = ObjectStore(self.root / "objects", self.root / "tmp")
+        self.refs = RefStore(
+            self.root / "refs", self.root / "journal", self.root / "locks" / "refs.lock",
+            self.root / "tmp",
+        )
+
+    def __repr__(self) -> str:
+        return f"Vault({str(self.root)!r})"
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def specimens_dir(self) -> Path:
+        """``<vault>/specimens``."""
+        return self.root / "specimens"
+
+    @property
+    def catalog_path(self) -> Path:
+        """``<vault>/vault.duckdb``."""
+        return self.root / "vault.duckdb"
+
+    @property
+    def gc_lock_path(self) -> Path:
+        """Lock shared by writers and held exclusively by gc."""
+        return self.root / "locks" / "gc.lock"
+
+    def specimen_dir(self, specimen_id: str) -> Path:
+        """The working directory of ``specimen_id`` (validated)."""
+        return self.specimens_dir / validate_id(specimen_id)
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def init(cls, path: str | os.PathLike[str]) -> Vault:
+        """Create a new vault at ``path`` (the directory may exist; it must not be a vault).
+
+        Raises:
+            AlreadyExistsError: if ``path`` already holds a vault.
+            InvalidInputError: if ``path`` is a file.
+        """
+        root = Path(path).resolve()
+        if (root / VAULT_MARKER).exists():
+            raise AlreadyExistsError(f"{root} is already a vault; use it as it is")
+        if root.exists() and not root.is_dir():
+            raise InvalidInputError(f"{root} exists and is not a directory; choose another path")
+        root.mkdir(parents=True, exist_ok=True)
+        for sub in ("objects", "refs", "specimens", "tmp", "locks"):
+            (root / sub).mkdir(exist_ok=True)
+        for i in range(256):
+            (root / "objects" / f"{i:02x}").mkdir(exist_ok=True)
+        fsync_dir(root / "objects")
+        # The marker is written last: a directory is a vault only once its layout exists.
+        marker = {"format": MARKER_FORMAT, "version": FORMAT_VERSION, "created": utc_now()}
+        write_replace(root / VAULT_MARKER, canonical.packb(marker))
+        fsync_dir(root.parent)
+        return cls(root)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None) -> Vault:
+        """Open an existing vault.
+
+        Args:
+            path: the vault directory. If None: ``$CAS_VAULT_DIR``, else the nearest directory
+                at or above the current one that holds ``vault.msgpack`` (like git).
+
+        Raises:
+            NotFoundError: if no vault is found, saying where it looked.
+            InvalidInputError: if the marker is from an unknown format or a newer version.
+        """
+        if path is None and os.environ.get(VAULT_ENV):
+            path = os.environ[VAULT_ENV]
+        if path is not None:
+            root = Path(path).resolve()
+            if not (root / VAULT_MARKER).is_file():
+                raise NotFoundError(
+                    f"{root} is not a vault (no {VAULT_MARKER}); create one with "
+                    f"`vault init {path}` or pass the right --vault"
+                )
+        else:
+            cwd = Path.cwd().resolve()
+            for candidate in (cwd, *cwd.parents):
+                if (candidate / VAULT_MARKER).is_file():
+                    root = candidate
+                    break
+            else:
+                raise NotFoundError(
+                    f"no vault in {cwd} or any parent directory; create one with `vault init`, "
+                    f"or pass --vault PATH, or set {VAULT_ENV}"
+                )
+        marker = canonical.unpackb((root / VAULT_MARKER).read_bytes(), f"{root / VAULT_MARKER}")
+        if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
+            raise InvalidInputError(f"{root / VAULT_MARKER} is not a cas-vault marker")
+        version = marker.get("version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise InvalidInputError(
+                f"{root} uses vault format {version!r}; this cas-vault reads up to "
+                f"{FORMAT_VERSION}: upgrade cas-vault"
+            )
+        return cls(root)
+
+    @classmethod
+    def open_or_init(cls, path: str | os.PathLike[str]) -> Vault:
+        """Open the vault at ``path``, creating it if the directory holds none."""
+        if (Path(path) / VAULT_MARKER).is_file():
+            return cls.open(path)
+        return cls.init(path)
+
+    # -- scaffolding -------------------------------------------------------------------------
+    def new(
+        self,
+        specimen_id: str,
+        *,
+        domain: str,
+        method: str,
+        tags: Iterable[str] = (),
+        model: str | None = None,
+        parents: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> Path:
+        """Scaffold ``specimens/<id>/`` with a manifest, protocol template, notes and ``strata/``.
+
+        Args:
+            specimen_id: the new id (``YYYY_MM_DD_descriptor`` by convention).
+            domain: a domain of the taxonomy.
+            method: a method valid for ``domain``.
+            tags: free tags (e.g. model names, layers).
+            model: the model studied, if any.
+            parents: ids of committed specimens this one derives from.
+            metadata: free-form metadata stored in the manifest.
+
+        Returns:
+            The new working directory.
+
+        Raises:
+            InvalidIdError: for a bad id. TaxonomyError: for a bad domain/method pair.
+            AlreadyExistsError: if the specimen exists (working directory or commit).
+            NotFoundError: if a parent is not committed.
+        """
+        validate_id(specimen_id)
+        taxonomy.check(domain, method)
+        tags = _check_tags(tags)
+        if model is not None and (not isinstance(model, str) or not model):
+            raise InvalidInputError("model must be a non-empty string")
+        parent_ids = [validate_id(p) for p in parents]
+        for p in parent_ids:
+            self.resolve(p)
+        metadata = dict(metadata or {})
+        canonical.packb(metadata)  # fail before writing if it cannot be stored
+        if self.refs.get(specimen_id) is not None:
+            raise ImmutableError(
+                f"specimen {specimen_id} already exists (committed as {self.refs.get(specimen_id)}); "
+                "choose a different id, e.g. with a _v2 suffix"
+            )
+        target = self.specimen_dir(specimen_id)
+        if target.exists():
+            raise AlreadyExistsError(
+                f"specimen {specimen_id} already exists at {target}; choose a different id, "
+                "e.g. with a _v2 suffix"
+            )
+        created = utc_now()
+        manifest = {
+            "specimen_id": specimen_id, "domain": domain, "method": method, "model": model,
+            "tags": tags, "parents": parent_ids, "created": created, "metadata": metadata,
+        }
+        fmt = {"specimen_id": specimen_id, "domain": domain, "method": method, "created": created}
+        # Build in a temp dir and rename, so a failed scaffold leaves nothing behind.
+        tmp = self.specimens_dir / f".{specimen_id}.{uuid.uuid4().hex}.tmp"
+        tmp.mkdir(parents=True)
+        try:
+            (tmp / "strata").mkdir()
+            write_replace(tmp / MANIFEST_NAME, canonical.packb(manifest))
+            write_replace(tmp / "protocol.py", PROTOCOL_TEMPLATE.format(**fmt).encode())
+            write_replace(tmp / "field_notes.md", FIELD_NOTES_TEMPLATE.format(**fmt).encode())
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                raise AlreadyExistsError(f"specimen {specimen_id} was created concurrently") from None
+            fsync_dir(self.specimens_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def storage(self, specimen_id: str) -> SpecimenStorage:
+        """Return the :class:`SpecimenStorage` of a working directory (creates nothing)."""
+        return SpecimenStorage(self.specimen_dir(specimen_id))
+
+    # -- committing --------------------------------------------------------------------------
+    def commit(
+        self,
+        specimen_id: str,
+        *,
+        message: str = "",
+        parents: Sequence[str] = (),
+        author: str | None = None,
+        extra_metadata: dict[str, Any] | None = None,
+    ) -> Commit:
+        """Seal ``specimens/<id>/`` as an immutable commit and create its ref.
+
+        Files are hard-linked into ``objects/`` (never copied); objects are durable before the
+        commit object, the commit before the ref, the ref before its journal line.
+
+        Args:
+            specimen_id: the working directory to seal.
+            message: the commit message.
+            parents: extra parents (specimen ids or commit digests) beyond the manifest's.
+            author: defaults to ``$CAS_VAULT_AUTHOR`` or the login name.
+            extra_metadata: merged into the manifest's metadata (e.g. provenance).
+
+        Returns:
+            The commit (``commit.digest`` is its id).
+
+        Raises:
+            ImmutableError: if the specimen is committed already (names the commit).
+            NotFoundError: if the working directory, manifest or a parent is missing.
+            InvalidInputError: for a corrupt manifest, bad taxonomy, symlinks, bad message.
+        """
+        validate_id(specimen_id)
+        existing = self.refs.get(specimen_id)
+        if existing is not None:
+            raise ImmutableError(
+                f"specimen {specimen_id} is already committed as {existing}; committed "
+                f"specimens never change: create a new one with `vault new NEW_ID --parent {specimen_id}`"
+            )
+        if not isinstance(message, str):
+            raise InvalidInputError("commit message must be a string")
+        wd = self.specimen_dir(specimen_id)
+        if not wd.is_dir():
+            raise NotFoundError(
+                f"specimen {specimen_id} has no working directory at {wd}; "
+                f"create it with `vault new {specimen_id} --domain D --method M`"
+            )
+        raw = read_manifest(wd)
+        manifest = _manifest_from_working(raw, wd)
+        if extra_metadata:
+            merged = dict(manifest.metadata)
+            merged.update(extra_metadata)
+            canonical.packb(merged)
+            manifest = Manifest(manifest.domain, manifest.method, manifest.model, manifest.tags, merged)
+        parent_digests = self._resolve_parents([*raw.get("parents", []), *parents])
+        files = list(iter_files(wd))
+        known = WorkingIndex(wd).load()
+        # Writers hold the gc lock shared, so `vault gc --grace 0` never prunes objects that a
+        # commit has written but not yet referenced.
+        with FileLock(self.gc_lock_path, shared=True):
+            tree: dict[str, TreeEntry] = {}
+            for rel in files:
+                digest, size = self.objects.put_file(wd / rel, known.get(rel))
+                tree[rel] = TreeEntry(digest, size, kind_of(rel))
+            commit = Commit(
+                specimen_id=specimen_id, created=utc_now(),
+                author=author or os.environ.get(AUTHOR_ENV) or _login_name(),
+                message=message, manifest=manifest, parents=tuple(parent_digests), tree=tree,
+            )
+            data = commit.to_bytes()
+            digest = self.objects.put_bytes(data)
+            self.refs.create(specimen_id, digest, commit.created)
+        self._after_commit(specimen_id, digest, commit)
+        return commit
+
+    def _after_commit(self, specimen_id: str, digest: Digest, commit: Commit) -> None:
+        """Hook run after a ref exists (the catalog update goes here); must never raise."""
+
+    def _resolve_parents(self, parents: Sequence[str]) -> list[Digest]:
+        out: list[Digest] = []
+        for p in parents:
+            d = Digest(p) if is_digest(p) else self.resolve(p)
+            if is_digest(p) and not self.objects.has(d):
+                raise NotFoundError(f"parent commit {p} is not in this vault")
+            if d not in out:
+                out.append(d)
+        return out
+
+    # -- reading -----------------------------------------------------------------------------
+    def resolve(self, specimen_id: str) -> Digest:
+        """Return the commit digest of a committed specimen.
+
+        Raises:
+            NotFoundError: if it is not committed (saying whether it is merely uncommitted).
+        """
+        d = self.refs.get(specimen_id)
+        if d is None:
+            if self.specimen_dir(specimen_id).is_dir():
+                raise NotFoundError(
+                    f"specimen {specimen_id} is not committed yet; seal it with "
+                    f"`vault commit {specimen_id}`"
+                )
+            raise NotFoundError(
+                f"no specimen {specimen_id} in {self.root}; `vault log` lists committed specimens"
+            )
+        return d
+
+    def read_commit(self, digest: Digest | str) -> Commit:
+        """Load and verify a commit object.
+
+        Raises:
+            NotFoundError: if missing. ChecksumMismatch: if altered. InvalidInputError: if malformed.
+        """
+        return Commit.from_bytes(self.objects.get(digest, verify=True))
+
+    def get(self, specimen_id: str) -> Commit:
+        """Return the commit of a committed specimen."""
+        return self.read_commit(self.resolve(specimen_id))
+
+    def log(self, specimen_id: str | None = None) -> list[LogEntry]:
+        """List commits, newest first.
+
+        Args:
+            specimen_id: if given, that specimen and all its ancestors (its lineage).
+
+        Returns:
+            The entries.
+
+        Raises:
+            NotFoundError: if ``specimen_id`` is not committed.
+        """
+        seqs: dict[str, int] = {}
+        for e in self.refs.entries():
+            seqs.setdefault(e.specimen_id, e.seq)
+        refs = self.refs.all()
+        if specimen_id is None:
+            wanted = list(refs.items())
+        else:
+            start = self.resolve(specimen_id)
+            wanted, seen, stack = [], set(), [start]
+            while stack:
+                d = stack.pop()
+                if d in seen:
+                    continue
+                seen.add(d)
+                c = self.read_commit(d)
+                wanted.append((c.specimen_id, d))
+                stack.extend(c.parents)
+        entries = []
+        for sid, d in wanted:
+            c = self.read_commit(d)
+            entries.append(LogEntry(seqs.get(sid, len(seqs)), sid, d, c))
+        entries.sort(key=lambda e: (e.commit.created, e.seq), reverse=True)
+        return entries
+
+    def show(self, specimen_id: str) -> ShowInfo:
+        """Describe a committed specimen: manifest, files, parents and byte accounting.
+
+        Raises:
+            NotFoundError: if it is not committed.
+        """
+        digest = self.resolve(specimen_id)
+        commit = self.read_commit(digest)
+        by_digest = {d: sid for sid, d in self.refs.all().items()}
+        earlier: set[str] = set()
+        for e in self.refs.entries():
+            if e.specimen_id == specimen_id:
+                break
+            try:
+                earlier.update(x.digest for x in self.read_commit(e.commit).tree.values())
+            except (NotFoundError, InvalidInputError, ChecksumMismatch):
+                continue
+        own = {e.digest: e.size for e in commit.tree.values()}
+        unique = sum(size for d, size in own.items() if d not in earlier)
+        return ShowInfo(
+            specimen_id, digest, commit, tuple(by_digest.get(p) for p in commit.parents),
+            commit.logical_bytes, unique,
+        )
+
+    def specimen(self, specimen_id: str) -> CommittedSpecimen:
+        """Return a read-only view of a committed specimen's files."""
+        return CommittedSpecimen(self, specimen_id, self.get(specimen_id))
+
+    def checkout(self, specimen_id: str, dest: str | os.PathLike[str]) -> Path:
+        """Materialise a committed specimen's files into ``dest``, verifying every byte.
+
+        Args:
+            specimen_id: the specimen.
+            dest: a directory that does not exist yet, or is empty.
+
+        Returns:
+            The destination directory.
+
+        Raises:
+            NotFoundError: if the specimen or an object is missing.
+            AlreadyExistsError: if ``dest`` exists and is not empty.
+            ChecksumMismatch: if an object was altered (nothing is left at ``dest`` then).
+        """
+        commit = self.get(specimen_id)
+        dest = Path(dest).resolve()
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise AlreadyExistsError(f"{dest} exists and is not an empty directory; choose a new path")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+        tmp.mkdir()
+        try:
+            for rel, entry in commit.tree.items():
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._copy_verified(entry.digest, target)
+            if dest.exists():
+                dest.rmdir()
+            os.rename(tmp, dest)
+            fsync_dir(dest.parent)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return dest
+
+    def _copy_verified(self, digest: Digest, target: Path) -> None:
+        h = Hasher()
+        with self.objects.open(digest) as src, open(target, "wb") as out:
+            while block := src.read(1 << 20):
+                h.update(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        if h.hexdigest() != digest:
+            raise ChecksumMismatch(digest, h.hexdigest(), f"object for {target.name}")
+
+
+class CommittedSpecimen:
+    """Read access to a committed specimen, straight from the object store.
+
+    Args:
+        vault: the vault.
+        specimen_id: the specimen.
+        commit: its commit.
+    """
+
+    def __init__(self, vault: Vault, specimen_id: str, commit: Commit) -> None:
+        self.vault = vault
+        self.specimen_id = specimen_id
+        self.commit = commit
+
+    @property
+    def files(self) -> dict[str, TreeEntry]:
+        """Relative path -> tree entry."""
+        return dict(self.commit.tree)
+
+    def object_path(self, rel: str) -> Path:
+        """Path of the object holding file ``rel`` (for zero-copy readers such as DuckDB).
+
+        Raises:
+            NotFoundError: if the specimen has no such file.
+        """
+        entry = self.commit.tree.get(rel)
+        if entry is None:
+            raise NotFoundError(f"specimen {self.specimen_id} has no file {rel!r}")
+        return self.vault.objects.path(entry.digest)
+
+    def read_bytes(self, rel: str) -> bytes:
+        """Return file ``rel``'s bytes, verified against its digest."""
+        self.object_path(rel)
+        return self.vault.objects.get(self.commit.tree[rel].digest)
+
+    def read_metrics(self, name: str = "metrics") -> Any:
+        """Read ``strata/<name>.parquet`` as a polars DataFrame."""
+        import polars as pl
+
+        return pl.read_parquet(self.object_path(f"strata/{name}.parquet"))
+
+    def read_config(self, name: str = "config") -> dict[str, Any]:
+        """Read ``strata/<name>.msgpack``."""
+        return canonical.unpackb(self.read_bytes(f"strata/{name}.msgpack"))
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _check_tags(tags: Iterable[str]) -> list[str]:
+    if isinstance(tags, str):
+        tags = [t for t in tags.split(",")]
+    out: list[str] = []
+    for t in tags:
+        if not isinstance(t, str):
+            raise InvalidInputError(f"tag {t!r} must be a string")
+        t = t.strip()
+        if not t or any(ord(c) < 32 for c in t) or len(t) > 128:
+            raise InvalidInputError(f"tag {t!r} must be 1-128 printable characters")
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def _manifest_from_working(raw: dict[str, Any], wd: Path) -> Manifest:
+    for key in ("domain", "method"):
+        if not isinstance(raw.get(key), str):
+            raise InvalidInputError(
+                f"{wd / MANIFEST_NAME} has no valid {key!r}; recreate the specimen with `vault new`"
+            )
+    taxonomy.check(raw["domain"], raw["method"])
+    parents = raw.get("parents", [])
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise InvalidInputError(f"{wd / MANIFEST_NAME}: 'parents' must be a list of specimen ids")
+    metadata = raw.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise InvalidInputError(f"{wd / MANIFEST_NAME}: 'metadata' must be a map")
+    model = raw.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidInputError(f"{wd / MANIFEST_NAME}: 'model' must be a string")
+    return Manifest(raw["domain"], raw["method"], model, tuple(_check_tags(raw.get("tags", []))), metadata)
