@@ -579,6 +579,16 @@ class Vault:
         if h.hexdigest() != digest:
             raise ChecksumMismatch(digest, h.hexdigest(), f"object for {target.name}")
 
+    # -- tensors (issue 3: content-addressed Zarr) -----------------------------------------
+
+    # -- catalog and queries (issue 4) -----------------------------------------------------
+
+    # -- integrity: verify and gc (issue 5) ------------------------------------------------
+
+    # -- engines (issue 6) -----------------------------------------------------------------
+
+    # -- runs, logging, import, diff, plot, notes (issue 7) --------------------------------
+
 
 class CommittedSpecimen:
     """Read access to a committed specimen, straight from the object store.

@@ -23,7 +23,9 @@ from ..errors import VaultError
 __all__ = ["cli", "echo_json", "main", "open_vault", "vault_option"]
 
 #: Modules that register commands on :data:`cli` when imported.
-COMMAND_MODULES = ("core",)
+COMMAND_MODULES = (
+    "core",
+)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
