@@ -27,6 +27,7 @@ __all__ = [
     "link_if_absent",
     "put_if_absent",
     "temp_path",
+    "write_durable",
     "write_replace",
 ]
 
@@ -89,6 +90,20 @@ def write_replace(path: Path, data: bytes | bytearray | memoryview, mode: int = 
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_durable(path: Path, data: bytes | bytearray | memoryview, mode: int = 0o644) -> None:
+    """Create the new file ``path`` (which must not exist) with ``data`` and fsync it.
+
+    For files inside a temp directory that is itself renamed into place afterwards: the rename
+    provides atomicity, so no per-file rename is needed; the caller fsyncs the directory.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        _write_fd(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def put_if_absent(

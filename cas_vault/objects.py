@@ -85,7 +85,9 @@ class ObjectStore:
             self._touch(path)
         return digest
 
-    def put_file(self, src: Path, known: Digest | None = None) -> tuple[Digest, int]:
+    def put_file(
+        self, src: Path, known: Digest | None = None, sync_dir: bool = True
+    ) -> tuple[Digest, int]:
         """Store the file at ``src`` without copying its bytes: it is hard-linked into place.
 
         The file is fsynced, hashed (unless it is already the object named ``known``), and
@@ -96,6 +98,8 @@ class ObjectStore:
             src: a regular file on the vault's filesystem.
             known: a digest recorded for this file when it was written; trusted only if
                 ``src`` already is that object (same inode).
+            sync_dir: fsync the fan-out directory now; callers storing many files pass False
+                and call :meth:`sync` once for all of them before referencing them.
 
         Returns:
             ``(digest, size)``.
@@ -125,7 +129,7 @@ class ObjectStore:
             )
         dest = self.path(digest)
         try:
-            created = link_if_absent(src, dest)
+            created = link_if_absent(src, dest, sync_dir=sync_dir)
         except OSError:
             # A cross-device working directory: fall back to one copy (no link possible).
             self.put_bytes(src.read_bytes(), expected=digest)

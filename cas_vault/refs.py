@@ -197,15 +197,63 @@ class RefStore:
         with FileLock(self.lock_path):
             return self._recover_locked()
 
-    def _last(self) -> tuple[int, Digest, set[str]]:
-        seq, prev, ids = 0, GENESIS, set()
-        for e in self.entries():
-            seq, prev = e.seq + 1, e.digest
-            ids.add(e.specimen_id)
-        return seq, prev, ids
+    def _journaled_ids(self) -> set[str]:
+        return {e.specimen_id for e in self.entries()}
+
+    def _tail(self) -> tuple[int, Digest]:
+        """Return ``(next seq, digest of the last line)`` reading only the journal's end.
+
+        Commits must not slow down as the journal grows, so this never reads the whole file.
+        """
+        try:
+            f = open(self.journal, "rb")
+        except FileNotFoundError:
+            return 0, GENESIS
+        with f:
+            size = f.seek(0, os.SEEK_END)
+            block = 4096
+            while True:
+                start = max(0, size - block)
+                f.seek(start)
+                data = f.read(size - start)
+                end = data.rfind(b"\n")
+                if end == -1 and start == 0:
+                    return 0, GENESIS
+                begin = data.rfind(b"\n", 0, end) + 1 if end > 0 else 0
+                if end == -1 or (begin == 0 and start > 0):
+                    block *= 4  # the last line is longer than the block: read more
+                    continue
+                entry = JournalEntry.decode(data[begin:end], -1)
+                return entry.seq + 1, entry.digest
+
+    def _drop_partial_line(self) -> None:
+        """Truncate a last line that lacks its newline (an append cut short by a crash)."""
+        try:
+            f = open(self.journal, "r+b")
+        except FileNotFoundError:
+            return
+        with f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            pos, keep = size, 0
+            while pos > 0:
+                start = max(0, pos - 65536)
+                f.seek(start)
+                chunk = f.read(pos - start)
+                nl = chunk.rfind(b"\n")
+                if nl >= 0:
+                    keep = start + nl + 1
+                    break
+                pos = start
+            f.truncate(keep)
+            os.fsync(f.fileno())
 
     def _append_locked(self, specimen_id: str, commit: str, time: str) -> None:
-        seq, prev, _ = self._last()
+        seq, prev = self._tail()
         line = JournalEntry.encode(seq, specimen_id, commit, time, prev)
         new_file = not self.journal.exists()
         append_durable(self.journal, line + b"\n")
@@ -219,22 +267,16 @@ class RefStore:
         intent file (their commit was interrupted after the ref was created), and removes intent
         files whose work is finished or never started. Returns the ids it journaled.
         """
+        self._drop_partial_line()
+        intents = (sorted(n for n in os.listdir(self.pending_dir) if not n.startswith("."))
+                   if self.pending_dir.is_dir() else [])
+        if not intents:
+            return []
         try:
-            data = self.journal.read_bytes()
-        except FileNotFoundError:
-            data = b""
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            with open(self.journal, "r+b") as f:
-                f.truncate(keep)
-                os.fsync(f.fileno())
-        try:
-            _, _, journaled = self._last()
+            journaled = self._journaled_ids()
         except InvalidInputError:
             return []  # a damaged journal is verify's to report, not ours to rewrite
         missing = []
-        intents = (sorted(n for n in os.listdir(self.pending_dir) if not n.startswith("."))
-                   if self.pending_dir.is_dir() else [])
         for name in intents:
             intent = self.pending_dir / name
             try:

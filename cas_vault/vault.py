@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import canonical, taxonomy
-from .atomic import FileLock, fsync_dir, write_replace
+from .atomic import FileLock, fsync_dir, write_durable, write_replace
 from .commit import FORMAT_VERSION, Commit, Manifest, TreeEntry, kind_of, utc_now
 from .digest import Digest, Hasher, is_digest
 from .errors import (
@@ -334,9 +334,10 @@ class Vault:
         tmp.mkdir(parents=True)
         try:
             (tmp / "strata").mkdir()
-            write_replace(tmp / MANIFEST_NAME, canonical.packb(manifest))
-            write_replace(tmp / "protocol.py", PROTOCOL_TEMPLATE.format(**fmt).encode())
-            write_replace(tmp / "field_notes.md", FIELD_NOTES_TEMPLATE.format(**fmt).encode())
+            write_durable(tmp / MANIFEST_NAME, canonical.packb(manifest))
+            write_durable(tmp / "protocol.py", PROTOCOL_TEMPLATE.format(**fmt).encode())
+            write_durable(tmp / "field_notes.md", FIELD_NOTES_TEMPLATE.format(**fmt).encode())
+            fsync_dir(tmp)
             try:
                 os.rename(tmp, target)
             except OSError:
@@ -360,6 +361,7 @@ class Vault:
         parents: Sequence[str] = (),
         author: str | None = None,
         extra_metadata: dict[str, Any] | None = None,
+        partial: bool = False,
     ) -> Commit:
         """Seal ``specimens/<id>/`` as an immutable commit and create its ref.
 
@@ -372,6 +374,9 @@ class Vault:
             parents: extra parents (specimen ids or commit digests) beyond the manifest's.
             author: defaults to ``$CAS_VAULT_AUTHOR`` or the login name.
             extra_metadata: merged into the manifest's metadata (e.g. provenance).
+            partial: seal a specimen whose run crashed: assemble its unfinished step-wise
+                logs into ``strata/`` and set ``metadata.partial = true``. Without it, a
+                specimen with an unfinished log is refused (docs/runs.md).
 
         Returns:
             The commit (``commit.digest`` is its id).
@@ -398,6 +403,9 @@ class Vault:
             )
         raw = read_manifest(wd)
         manifest = _manifest_from_working(raw, wd)
+        from .logger import prepare_commit  # issue 7: step-wise logs of crashed runs
+
+        extra_metadata = prepare_commit(wd, specimen_id, partial, extra_metadata)
         if extra_metadata:
             merged = dict(manifest.metadata)
             merged.update(extra_metadata)
@@ -411,15 +419,17 @@ class Vault:
         with FileLock(self.gc_lock_path, shared=True):
             tree: dict[str, TreeEntry] = {}
             for rel in files:
-                digest, size = self.objects.put_file(wd / rel, known.get(rel))
+                digest, size = self.objects.put_file(wd / rel, known.get(rel), sync_dir=False)
                 tree[rel] = TreeEntry(digest, size, kind_of(rel))
             commit = Commit(
                 specimen_id=specimen_id, created=utc_now(),
                 author=author or os.environ.get(AUTHOR_ENV) or _login_name(),
                 message=message, manifest=manifest, parents=tuple(parent_digests), tree=tree,
             )
-            data = commit.to_bytes()
-            digest = self.objects.put_bytes(data)
+            digest = self.objects.put_bytes(commit.to_bytes(), sync_dir=False)
+            # One round of directory fsyncs makes every new object name durable before the
+            # ref can point at them (the first fsync commits them all in one journal transaction).
+            self.objects.sync([digest, *(e.digest for e in tree.values())])
             self.refs.create(specimen_id, digest, commit.created)
         self._after_commit(specimen_id, digest, commit)
         return commit
@@ -584,6 +594,52 @@ class Vault:
     # -- catalog and queries (issue 4) -----------------------------------------------------
 
     # -- integrity: verify and gc (issue 5) ------------------------------------------------
+    def verify(
+        self, specimen_ids: Sequence[str] = (), *, quick: bool = False,
+        progress: Any = None,
+    ) -> Any:
+        """Check that every committed byte is intact; see :func:`cas_vault.verify.verify`.
+
+        Args:
+            specimen_ids: only these specimens (default: the whole vault, garbage included).
+            quick: check existence and sizes only, without re-hashing.
+            progress: ``progress(advance_bytes, total_bytes)`` callback while hashing.
+
+        Returns:
+            A :class:`cas_vault.verify.VerifyReport` (``report.ok`` is False on any problem).
+
+        Raises:
+            InvalidIdError: for a malformed id. NotFoundError: for an unknown specimen.
+        """
+        from .verify import verify
+
+        return verify(self, specimen_ids, quick=quick, progress=progress)
+
+    def gc(
+        self, *, grace: float | str = 14 * 24 * 3600.0, dry_run: bool = False,
+        temp_age: float | str = 3600.0,
+    ) -> Any:
+        """Remove unreachable objects older than ``grace`` and crash leftovers.
+
+        Args:
+            grace: seconds, or a duration such as ``"14d"``, ``"12h"``, ``"0"``.
+            dry_run: only report what would be removed.
+            temp_age: temp files older than this are removed even if their writer may be alive.
+
+        Returns:
+            A :class:`cas_vault.gc.GcReport`.
+
+        Raises:
+            InvalidInputError: for a malformed duration.
+            IntegrityError: if a ref's commits are damaged (nothing is deleted then).
+            LockTimeoutError: if running commits hold the gc lock too long.
+        """
+        from .gc import gc, parse_duration
+
+        grace_s = parse_duration(grace) if isinstance(grace, str) else float(grace)
+        age_s = parse_duration(temp_age) if isinstance(temp_age, str) else float(temp_age)
+        return gc(self, grace=grace_s, dry_run=dry_run, temp_age=age_s)
+
 
     # -- engines (issue 6) -----------------------------------------------------------------
 
