@@ -58,7 +58,13 @@ def _write_fd(fd: int, data: bytes | bytearray | memoryview) -> None:
 
 def _write_temp(directory: Path, data: bytes | bytearray | memoryview, mode: int) -> Path:
     tmp = temp_path(directory)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileNotFoundError:
+        # Layout directories (tmp/, refs/, locks/) are not tracked by git, so a vault that
+        # lives in a fresh clone may lack them: create on first write.
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         _write_fd(fd, data)
         os.fsync(fd)
@@ -206,7 +212,11 @@ class FileLock:
         Raises:
             LockTimeoutError: if another process kept it for longer.
         """
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         op = (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
         deadline = time.monotonic() + self.timeout
         delay = 0.001
