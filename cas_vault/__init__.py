@@ -18,6 +18,8 @@ _EXPORTS = {
     "SpecimenStorage": "cas_vault.storage",
     "Commit": "cas_vault.commit",
     "VaultError": "cas_vault.errors",
+    "seed_everything": "cas_vault.seeding",
+    "VaultQuery": "cas_vault.query",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -25,7 +27,9 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from .commit import Commit
     from .errors import VaultError
+    from .seeding import seed_everything
     from .storage import SpecimenStorage
+    from .query import VaultQuery
     from .vault import Vault
 
 

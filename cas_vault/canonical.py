@@ -53,6 +53,8 @@ def normalize(value: Any, where: str = "value") -> Any:
                 )
             out[k] = normalize(value[k], f"{where}.{k}")
         return out
+    if isinstance(value, msgpack.ExtType):  # a tuple subclass: must not pass as an array
+        raise InvalidInputError(f"{where}: msgpack extension types cannot be stored")
     if isinstance(value, (list, tuple)):
         return [normalize(v, f"{where}[{i}]") for i, v in enumerate(value)]
     # numpy scalars and similar: accept anything with .item() that yields a plain value.

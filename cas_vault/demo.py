@@ -13,9 +13,12 @@ from .errors import VaultError
 from .examples import example_dir
 from .vault import Vault
 
-__all__ = ["DEMO_ID", "DemoResult", "run_demo", "run_protocol"]
+__all__ = ["DEMO_ID", "DemoResult", "SAE_ACTS_ID", "SAE_WEIGHTS_ID", "SPECTRO_ID", "run_demo", "run_protocol"]
 
 DEMO_ID = "example_synthetic_demo"
+SAE_ACTS_ID = "example_sae_activations"
+SAE_WEIGHTS_ID = "example_sae_weights"
+SPECTRO_ID = "example_sae_spectroscopy"
 
 
 @dataclass
@@ -52,7 +55,26 @@ class DemoResult:
             f"  vault {arg} show {DEMO_ID}",
             f"  vault {arg} checkout {DEMO_ID} /tmp/{DEMO_ID}",
         ]
+        if self.vault.refs.get(SPECTRO_ID) is not None:
+            lines += [
+                "",
+                "SAE spectroscopy (a derived specimen; its parents are the activations and the SAE):",
+                f"  vault {arg} log --graph",
+                f"  vault {arg} spectrum {SPECTRO_ID} --input 0",
+                f"  vault {arg} query \"{SPECTRO_QUERY}\"",
+            ]
         return lines
+
+
+#: Joins the derived per-input metrics with the manifests of the specimen's parents.
+SPECTRO_QUERY = (
+    "SELECT m.input, m.n_tokens, m.n_features, round(m.purity, 3) AS purity, "
+    "round(m.fvu, 3) AS fvu, l.parent, p.model, p.metadata->>'layer' AS layer "
+    "FROM metrics m JOIN lineage l ON l.child = m.specimen_id "
+    "JOIN catalog p ON p.specimen_id = l.parent "
+    f"WHERE m.specimen_id = '{SPECTRO_ID}' AND m.file = 'metrics' AND m.input < 3 "
+    "ORDER BY m.input, l.parent"
+)
 
 
 def run_protocol(specimen_dir: Path, timeout: float = 600.0) -> None:
@@ -74,7 +96,11 @@ def run_protocol(specimen_dir: Path, timeout: float = 600.0) -> None:
 
 
 def run_demo(path: Path) -> DemoResult:
-    """Create (or reuse) a vault at ``path``, run the example specimen and commit it.
+    """Create (or reuse) a vault at ``path``, run the example specimens and commit them.
+
+    The examples: a synthetic training run, synthetic activations with a BOS outlier, a seeded
+    JumpReLU SAE, and the SAE spectroscopy of the activations, a derived specimen whose parents
+    are the other two. Specimens committed by an earlier run are left as they are.
 
     Args:
         path: the demo vault directory.
@@ -83,21 +109,56 @@ def run_demo(path: Path) -> DemoResult:
         What was done.
 
     Raises:
-        VaultError: if the example fails.
+        VaultError: if an example fails.
     """
     vault = Vault.open_or_init(path)
     result = DemoResult(vault)
-    if vault.refs.get(DEMO_ID) is not None:
-        result.existing.append(DEMO_ID)
-        return result
-    wd = vault.specimen_dir(DEMO_ID)
+    for sid, kwargs, message in EXAMPLES:
+        _run_example(vault, result, sid, kwargs, message)
+    _run_spectroscopy(vault, result)
+    return result
+
+
+#: (specimen id, Vault.new arguments, commit message) of each shipped example, in order.
+EXAMPLES: tuple[tuple[str, dict, str], ...] = (
+    (DEMO_ID, {"domain": "training", "method": "fine_tuning", "tags": ["synthetic", "demo"],
+               "model": "synthetic-mlp", "metadata": {"source": "cas-vault demo"}},
+     "Synthetic training curves and activations (demo)"),
+    (SAE_ACTS_ID, {"domain": "interpretability", "method": "sae_analysis",
+                   "tags": ["synthetic", "demo", "activations", "layer_0"], "model": "synthetic-lm",
+                   "metadata": {"source": "cas-vault demo", "layer": 0}},
+     "Synthetic activations with a BOS outlier (spectroscopy example)"),
+    (SAE_WEIGHTS_ID, {"domain": "interpretability", "method": "sae_analysis",
+                      "tags": ["synthetic", "demo", "sae", "jumprelu"], "model": "synthetic-lm",
+                      "metadata": {"source": "cas-vault demo", "layer": 0}},
+     "Seeded JumpReLU SAE on the example dictionary (spectroscopy example)"),
+)
+
+
+def _run_example(vault: Vault, result: DemoResult, sid: str, kwargs: dict, message: str) -> None:
+    if vault.refs.get(sid) is not None:
+        result.existing.append(sid)
+        return
+    wd = vault.specimen_dir(sid)
     if not wd.exists():
-        vault.new(DEMO_ID, domain="training", method="fine_tuning", tags=["synthetic", "demo"],
-                  model="synthetic-mlp", metadata={"source": "cas-vault demo"})
-        src = example_dir(DEMO_ID)
+        vault.new(sid, **kwargs)
+        src = example_dir(sid)
         for name in ("protocol.py", "field_notes.md"):
             shutil.copyfile(src / name, wd / name)
     run_protocol(wd)
-    commit = vault.commit(DEMO_ID, message="Synthetic training curves and activations (demo)")
-    result.committed[DEMO_ID] = commit.digest
-    return result
+    commit = vault.commit(sid, message=message)
+    result.committed[sid] = commit.digest
+
+
+def _run_spectroscopy(vault: Vault, result: DemoResult) -> None:
+    # The engine refuses an existing id, so a second demo run keeps the first result.
+    if vault.refs.get(SPECTRO_ID) is not None:
+        result.existing.append(SPECTRO_ID)
+        return
+    from .engines.spectroscopy.engine import SpectroscopyOptions
+
+    out = vault.spectroscopy(
+        SAE_ACTS_ID, sae=SAE_WEIGHTS_ID, new_id=SPECTRO_ID,
+        options=SpectroscopyOptions(random_pairs=16, seed=0),
+    )
+    result.committed[SPECTRO_ID] = out.commit

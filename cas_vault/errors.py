@@ -13,6 +13,7 @@ a caller would do about them, and each category maps to one CLI exit code::
     +-- IntegrityError              bytes that do not match their digest (exit 1)
     |   +-- ChecksumMismatch        expected vs. actual digest, kept as attributes
     +-- LockTimeoutError            another process holds the vault lock too long
+    +-- RunFailedError              a protocol exited non-zero; nothing committed (exit 3)
 
 Messages say what was wrong and what to do about it; the CLI prints them as they are.
 """
@@ -28,6 +29,7 @@ __all__ = [
     "InvalidInputError",
     "LockTimeoutError",
     "NotFoundError",
+    "RunFailedError",
     "TaxonomyError",
     "VaultError",
 ]
@@ -99,3 +101,34 @@ class ChecksumMismatch(IntegrityError):
 
 class LockTimeoutError(VaultError):
     """Another process held the vault lock for longer than we were willing to wait."""
+
+
+class RunFailedError(VaultError):
+    """A protocol run by ``vault run`` exited with a non-zero status; nothing was committed.
+
+    Not bad input (exit 2) and not damaged bytes (exit 1): the experiment itself failed, so the
+    CLI exits with 3. The specimen stays uncommitted with its output in ``run.log``.
+
+    Attributes:
+        specimen_id: the specimen whose protocol failed.
+        status: the protocol's exit status (negative: killed by that signal).
+        log_path: where its combined stdout/stderr was written.
+    """
+
+    exit_code = 3
+
+    def __init__(self, specimen_id: str, status: int, log_path: str, tail: str = "") -> None:
+        self.specimen_id = specimen_id
+        self.status = status
+        self.log_path = log_path
+        self.tail = tail
+        how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        shown = f"\nLast output:\n{tail}" if tail else ""
+        super().__init__(
+            f"protocol of {specimen_id} {how}; nothing was committed. Its full output is in "
+            f"{log_path}. Fix it and `vault run {specimen_id}` again, or seal what it wrote as "
+            f"a partial specimen with `vault commit {specimen_id} --partial`.{shown}"
+        )
+
+    def __reduce__(self):  # keep pickling working with the custom __init__
+        return (type(self), (self.specimen_id, self.status, self.log_path, self.tail))

@@ -76,7 +76,10 @@ class ObjectStore:
         Raises:
             ChecksumMismatch: if ``expected`` is given and the bytes hash to something else
                 (nothing is written then).
+            InvalidInputError: if ``expected`` is not a well-formed digest.
         """
+        if expected is not None:
+            parse_digest(expected, "expected digest")  # a malformed claim is bad input
         digest = hash_bytes(data)
         if expected is not None and digest != expected:
             raise ChecksumMismatch(str(expected), digest, "incoming object")

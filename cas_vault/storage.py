@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # heavy imports stay lazy so `vault --help` is fast
     import polars as pl
     import zarr
 
+    from .tensors import TensorWriter
+
 __all__ = ["SpecimenStorage"]
 
 _NAME_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
@@ -157,47 +159,108 @@ class SpecimenStorage:
     # -- tensors -----------------------------------------------------------------------------
     def write_tensors(
         self, name: str, array: np.ndarray, chunks: Sequence[int] | int | None = None,
-        compressor: str | None = "zstd",
+        compressor: str | None = "zstd", *, chunk_bytes: int | None = None,
+        progress: bool | None = None,
     ) -> Path:
-        """Write ``array`` as the Zarr v3 array ``strata/<name>.zarr``.
+        """Write ``array`` as the Zarr v3 array ``strata/<name>.zarr``, replacing any previous one.
+
+        In a vault every chunk goes straight into ``objects/`` as it is encoded (the working
+        directory gets hard links), so committing never reads or copies tensor bytes again,
+        and chunks equal to ones already stored take no new space (docs/tensors.md).
 
         Args:
             name: the tensor's name.
-            array: any numeric or bool numpy array (0-d and empty included).
+            array: any numeric or bool numpy array or memmap (0-d and empty included); a
+                memmap is streamed chunk by chunk, so it may be larger than memory.
             chunks: chunk shape; default chunks the first two dims at <= 1000 and keeps the rest.
-            compressor: ``"zstd"`` (deterministic) or None for raw bytes.
+            compressor: ``"zstd"`` (deterministic, level 3) or None for raw bytes.
+            chunk_bytes: a target chunk size in bytes instead of ``chunks`` (e.g. ``4 << 20``).
+            progress: show a progress bar (default: on a terminal, for writes over a second).
 
         Returns:
             The array's directory.
 
         Raises:
-            InvalidInputError: object/string dtypes, bad chunks or names.
+            InvalidInputError: object/string dtypes, bad chunks, compressor or names (nothing
+                is written then).
             ImmutableError: if the specimen is committed.
         """
-        from .tensors import write_array
+        from .tensors import check_array, check_compressor, write_tensor
 
         check_name(name, "tensor")
+        check_array(array)
+        check_compressor(compressor)
         self._check_writable()
-        return write_array(self.strata / f"{name}.zarr", array, chunks=chunks, compressor=compressor)
+        return write_tensor(
+            self.path, self.vault_root(), name, array, chunks=chunks, chunk_bytes=chunk_bytes,
+            compressor=compressor, progress=progress,
+        )
+
+    def tensor_writer(
+        self, name: str, dtype: Any, shape_tail: Sequence[int] | int = (), *,
+        chunks: Sequence[int] | int | None = None, chunk_bytes: int | None = None,
+        compressor: str | None = "zstd", progress: bool | None = None,
+    ) -> TensorWriter:
+        """Return an appending writer for a tensor that grows along axis 0 (larger than memory).
+
+        ::
+
+            with storage.tensor_writer("acts", "float32", (768,)) as w:
+                for batch in batches:
+                    w.append(batch)             # (n, 768), or one row of shape (768,)
+
+        At most one chunk row is buffered. The tensor replaces any previous one of that name
+        when the ``with`` block ends; if it raises, the working directory is left unchanged.
+
+        Args:
+            name: the tensor's name.
+            dtype: the element type (numeric or bool).
+            shape_tail: the shape of one row (``()`` for a 1-D tensor).
+            chunks: chunk shape, axis 0 included (default: 1000 rows, the next dim at <= 1000).
+            chunk_bytes: a target chunk size in bytes instead of ``chunks``.
+            compressor: ``"zstd"`` or None.
+            progress: show a progress bar (default: on a terminal, for writes over a second).
+
+        Raises:
+            InvalidInputError: bad dtype, shape, chunks, compressor or name.
+            ImmutableError: if the specimen is committed.
+        """
+        from .tensors import tensor_writer
+
+        check_name(name, "tensor")
+        writer = tensor_writer(
+            self.path, self.vault_root(), name, dtype, shape_tail, chunks=chunks,
+            chunk_bytes=chunk_bytes, compressor=compressor, progress=progress,
+        )
+        self._check_writable()
+        return writer
 
     def read_tensor_lazy(self, name: str) -> zarr.Array:
         """Open ``strata/<name>.zarr`` lazily (read-only): slicing reads only the chunks needed.
 
+        In a vault, chunks are read from ``objects/`` and verified against their digests.
+
         Raises:
             NotFoundError: if it was never written.
+            IntegrityError: on reading a chunk whose object is missing or altered.
         """
-        from .tensors import open_array
+        from .tensors import open_working_tensor
 
-        path = self.strata / f"{check_name(name, 'tensor')}.zarr"
-        if not (path / "zarr.json").is_file():
-            raise NotFoundError(f"tensor {name!r} not found at {path}; write it with write_tensors()")
-        return open_array(path)
+        check_name(name, "tensor")
+        root = self.vault_root()
+        objects = None
+        if root is not None:
+            from .vault import Vault
+
+            objects = Vault(root).objects
+        return open_working_tensor(self.path, name, objects)
 
     def list_tensors(self) -> list[str]:
         """Names of the tensors written so far."""
         if not self.strata.is_dir():
             return []
-        return sorted(p.name[:-5] for p in self.strata.glob("*.zarr") if (p / "zarr.json").is_file())
+        return sorted(p.name[:-5] for p in self.strata.glob("*.zarr")
+                      if (p / "zarr.json").is_file() or (p / ".zarray").is_file())
 
 
 def to_frame(metrics: Any) -> pl.DataFrame:

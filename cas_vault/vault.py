@@ -39,7 +39,7 @@ from .errors import (
 from .ids import validate_id
 from .objects import ObjectStore
 from .refs import RefStore
-from .storage import VAULT_MARKER, SpecimenStorage
+from .storage import VAULT_MARKER, SpecimenStorage, check_name
 from .workdir import MANIFEST_NAME, WorkingIndex, iter_files, read_manifest
 
 __all__ = ["LogEntry", "ShowInfo", "Vault", "VAULT_ENV"]
@@ -403,6 +403,7 @@ class Vault:
             )
         raw = read_manifest(wd)
         manifest = _manifest_from_working(raw, wd)
+        canonical.packb(manifest.to_map())  # unstorable metadata fails before any object is written
         from .logger import prepare_commit  # issue 7: step-wise logs of crashed runs
 
         extra_metadata = prepare_commit(wd, specimen_id, partial, extra_metadata)
@@ -436,6 +437,12 @@ class Vault:
 
     def _after_commit(self, specimen_id: str, digest: Digest, commit: Commit) -> None:
         """Hook run after a ref exists (the catalog update goes here); must never raise."""
+        try:
+            from .catalog import after_commit
+
+            after_commit(self, specimen_id, digest, commit)  # marks the catalog stale on failure
+        except Exception:  # the commit stands: derived data never undoes or fails it
+            pass
 
     def _resolve_parents(self, parents: Sequence[str]) -> list[Digest]:
         out: list[Digest] = []
@@ -590,8 +597,49 @@ class Vault:
             raise ChecksumMismatch(digest, h.hexdigest(), f"object for {target.name}")
 
     # -- tensors (issue 3: content-addressed Zarr) -----------------------------------------
+    def tensor(self, specimen_id: str, name: str, *, verify: bool = True) -> Any:
+        """Open tensor ``name`` of a committed specimen as a lazy, read-only ``zarr.Array``.
+
+        Slicing reads only the chunk objects the slice touches, each verified against its
+        digest (unless ``verify=False``).
+
+        Raises:
+            NotFoundError: if the specimen is not committed or has no such tensor.
+            IntegrityError: on reading a chunk whose object is missing or altered.
+        """
+        return self.specimen(specimen_id).tensor(name, verify=verify)
+
 
     # -- catalog and queries (issue 4) -----------------------------------------------------
+    def index(self, rebuild: bool = False) -> Any:
+        """Bring ``vault.duckdb`` up to date; see :func:`cas_vault.catalog.index`.
+
+        Args:
+            rebuild: drop the catalog and rebuild it from the journal and objects.
+
+        Returns:
+            An :class:`~cas_vault.catalog.IndexResult`.
+
+        Raises:
+            LockTimeoutError: if other processes kept the catalog busy too long.
+            IntegrityError: if the journal is damaged.
+        """
+        from .catalog import index
+
+        return index(self, rebuild=rebuild)
+
+    def query(self, sql: str, params: Any = None) -> Any:
+        """Run one read-only SQL SELECT over the catalog; see :class:`cas_vault.query.VaultQuery`.
+
+        Returns:
+            A polars DataFrame (typed even when empty).
+
+        Raises:
+            InvalidInputError: for SQL that fails or is not a single SELECT.
+        """
+        from .query import VaultQuery
+
+        return VaultQuery(self).search(sql, params)
 
     # -- integrity: verify and gc (issue 5) ------------------------------------------------
     def verify(
@@ -642,8 +690,127 @@ class Vault:
 
 
     # -- engines (issue 6) -----------------------------------------------------------------
+    def spectroscopy(self, activations_id: str, sae: Any, **kwargs: Any) -> Any:
+        """SAE spectroscopy of a committed activations tensor, committed as a derived specimen.
+
+        Args:
+            activations_id: committed specimen holding the activations ([N, T, d] or [T, d]).
+            sae: SAE specimen id, Path to a .npz/.safetensors file, or an ``SAE``.
+            **kwargs: ``tensor``, ``new_id``, ``pairs``, ``options``, ``scheduler``, ``message``
+                (see :func:`cas_vault.engines.spectroscopy.engine.run_spectroscopy`).
+
+        Returns:
+            A ``SpectroscopyResult`` (``.specimen_id``, ``.commit``, ``.metrics``).
+
+        Raises:
+            NotFoundError, InvalidInputError, AlreadyExistsError: nothing is written then.
+        """
+        from .engines.spectroscopy.engine import run_spectroscopy
+
+        return run_spectroscopy(self, activations_id, sae, **kwargs)
+
+    def spectrum(self, specimen_id: str, input_index: int = 0) -> Any:
+        """One input's stored spectrum from a spectroscopy specimen (``.format()`` prints it).
+
+        Raises:
+            NotFoundError: no such specimen or input. InvalidInputError: not a spectroscopy result.
+        """
+        from .engines.spectroscopy.engine import read_spectrum
+
+        return read_spectrum(self.specimen(specimen_id), input_index)
+
 
     # -- runs, logging, import, diff, plot, notes (issue 7) --------------------------------
+    def run(
+        self, specimen_id: str, args: Sequence[str] = (), *, message: str = "",
+        output: Any = None, timeout: float | None = None,
+        code_dir: str | os.PathLike[str] | None = None,
+    ) -> Any:
+        """Run ``specimens/<id>/protocol.py`` and commit it with provenance if it exits 0.
+
+        See :func:`cas_vault.run.run_protocol` (``output`` receives the output as it comes).
+
+        Returns:
+            A :class:`cas_vault.run.RunResult`.
+
+        Raises:
+            RunFailedError: non-zero exit or timeout; nothing committed, the log is kept.
+            ImmutableError: already committed. NotFoundError: no specimen or protocol.py.
+        """
+        from .run import run_protocol
+
+        return run_protocol(self, specimen_id, args, message=message, output=output,
+                            timeout=timeout, code_dir=code_dir)
+
+    def start_specimen(self, specimen_id: str, **kwargs: Any) -> Any:
+        """Log a training loop step by step into a specimen, committed when the block exits.
+
+        ``with vault.start_specimen(ID, domain=D, method=M) as s: s.log({"loss": x}, step=i)``;
+        keyword arguments are those of :class:`cas_vault.logger.SpecimenLogger`.
+
+        Returns:
+            A :class:`cas_vault.logger.SpecimenLogger` (a context manager).
+        """
+        from .logger import SpecimenLogger
+
+        return SpecimenLogger(self, specimen_id, **kwargs)
+
+    def import_legacy(self, path: str | os.PathLike[str]) -> Any:
+        """Import a directory in the seed's layouts; see :func:`cas_vault.legacy.import_legacy`.
+
+        Returns:
+            A :class:`cas_vault.legacy.ImportReport` (problems are reported, not raised).
+
+        Raises:
+            NotFoundError: if ``path`` is not a directory.
+        """
+        from .legacy import import_legacy
+
+        return import_legacy(self, path)
+
+    def diff(self, a: str, b: str) -> Any:
+        """Compare two committed specimens; see :func:`cas_vault.diff.diff_specimens`.
+
+        Returns:
+            A :class:`cas_vault.diff.SpecimenDiff`.
+
+        Raises:
+            NotFoundError: if either is not committed.
+        """
+        from .diff import diff_specimens
+
+        return diff_specimens(self, a, b)
+
+    def plot(
+        self, metric: str, specimen_ids: Sequence[str] = (), *, where: str | None = None,
+        output: str | os.PathLike[str] | None = None, log_y: bool = False,
+    ) -> Any:
+        """Draw one metric across specimens as a PNG; see :func:`cas_vault.plot.plot_metric`.
+
+        Returns:
+            A :class:`cas_vault.plot.PlotResult`.
+
+        Raises:
+            InvalidInputError: nothing to draw, bad output path or condition.
+            NotFoundError: an explicit specimen is missing or lacks the metric.
+        """
+        from .plot import plot_metric
+
+        return plot_metric(self, metric, specimen_ids, where=where, output=output, log_y=log_y)
+
+    def note(self, specimen_id: str, text: str) -> Path:
+        """Append a timestamped entry to an uncommitted specimen's ``field_notes.md``.
+
+        Returns:
+            The notes file.
+
+        Raises:
+            ImmutableError: the specimen is committed (notes go into a new specimen).
+            NotFoundError: no such specimen. InvalidInputError: empty text.
+        """
+        from .notes import append_note
+
+        return append_note(self, specimen_id, text)
 
 
 class CommittedSpecimen:
@@ -691,6 +858,29 @@ class CommittedSpecimen:
         """Read ``strata/<name>.msgpack``."""
         return canonical.unpackb(self.read_bytes(f"strata/{name}.msgpack"))
 
+    def tensors(self) -> list[str]:
+        """Names of the specimen's tensors (``strata/<name>.zarr``)."""
+        from .tensors import list_tree_tensors
+
+        return list_tree_tensors(self.commit.tree)
+
+    def tensor(self, name: str, *, verify: bool = True) -> Any:
+        """Open tensor ``name`` as a lazy, read-only ``zarr.Array`` over the object store.
+
+        Reading one row of a large tensor reads the one chunk holding it; every chunk read is
+        verified against its digest unless ``verify=False``.
+
+        Raises:
+            NotFoundError: if the specimen has no such tensor (the message lists those it has).
+            IntegrityError: on reading a chunk whose object is missing or altered.
+        """
+        from .tensors import open_tree_tensor
+
+        check_name(name, "tensor")
+        tree = {p: e.digest for p, e in self.commit.tree.items()}
+        return open_tree_tensor(self.vault.objects, tree, name,
+                                where=f"specimen {self.specimen_id}", verify=verify)
+
 
 def _login_name() -> str:
     try:
@@ -702,6 +892,8 @@ def _login_name() -> str:
 def _check_tags(tags: Iterable[str]) -> list[str]:
     if isinstance(tags, str):
         tags = [t for t in tags.split(",")]
+    if not isinstance(tags, (list, tuple, set, frozenset)):
+        raise InvalidInputError(f"tags must be a list of strings, not {type(tags).__name__}")
     out: list[str] = []
     for t in tags:
         if not isinstance(t, str):

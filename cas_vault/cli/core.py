@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .main import cli, echo_json, open_vault, vault_option
+
+if TYPE_CHECKING:
+    from ..commit import TreeEntry
 
 
 def _human(n: int) -> str:
@@ -65,33 +70,47 @@ def new(specimen_id: str, domain: str, method: str, tags: str | None, model: str
 @click.argument("specimen_id")
 @click.option("-m", "--message", default="", help="Commit message.")
 @click.option("--parent", "parents", multiple=True, help="Extra parent specimen (repeatable).")
+@click.option("--partial", is_flag=True,
+              help="Seal a crashed run: assemble its unfinished step-wise logs, flag it partial.")
 @vault_option
-def commit(specimen_id: str, message: str, parents: tuple[str, ...], vault_path: str | None) -> None:
+def commit(specimen_id: str, message: str, parents: tuple[str, ...], partial: bool,
+           vault_path: str | None) -> None:
     """Seal specimens/SPECIMEN_ID/ as an immutable commit; prints the commit digest.
 
     \b
-    Example:
+    Examples:
       vault commit 2024_12_19_my_experiment -m "baseline, lr 3e-4"
+      vault commit 2024_12_19_crashed_run --partial -m "died at step 41k (OOM)"
     """
     v = open_vault(vault_path)
-    c = v.commit(specimen_id, message=message, parents=list(parents))
+    c = v.commit(specimen_id, message=message, parents=list(parents), partial=partial)
     click.echo(c.digest)
 
 
 @cli.command()
 @click.argument("specimen_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list (stable format).")
+@click.option("--graph", is_flag=True, help="Draw the lineage DAG (child above its parents).")
 @vault_option
-def log(specimen_id: str | None, as_json: bool, vault_path: str | None) -> None:
+def log(specimen_id: str | None, as_json: bool, graph: bool, vault_path: str | None) -> None:
     """List committed specimens, newest first; with SPECIMEN_ID, its lineage.
 
     \b
     Examples:
       vault log
       vault log 2024_12_19_derived --json
+      vault log --graph
     """
+    if as_json and graph:
+        raise click.UsageError("choose one of --json and --graph")
     v = open_vault(vault_path)
     entries = v.log(specimen_id)
+    if graph:
+        from ..graph import render_graph
+
+        for line in render_graph(entries, color=True):
+            click.echo(line)
+        return
     if as_json:
         echo_json([e.to_dict() for e in entries])
         return
@@ -146,9 +165,33 @@ def show(specimen_id: str, as_json: bool, vault_path: str | None) -> None:
         click.echo(f"metadata  {', '.join(sorted(m.metadata))}")
     click.echo(f"bytes     {_human(info.logical_bytes)} logical, {_human(info.unique_bytes)} new unique")
     click.echo(f"files     {len(c.tree)}")
-    width = max((len(p) for p in c.tree), default=0)
-    for path, e in c.tree.items():
-        click.echo(f"  {path:<{width}}  {e.kind:<7}  {e.size:>12,}  {e.digest[:16]}")
+    rows = _show_rows(c.tree)
+    width = max((len(r[0]) for r in rows), default=0)
+    for label, kind, size, note in rows:
+        click.echo(f"  {label:<{width}}  {kind:<7}  {size:>12,}  {note}")
+
+
+#: A Zarr array with more files than this is listed as one line (`--json` lists every file).
+_ZARR_LISTED_FILES = 8
+
+
+def _show_rows(tree: Mapping[str, TreeEntry]) -> list[tuple[str, str, int, str]]:
+    """Rows of `vault show`: one per file, but one per large Zarr array (its chunks summed)."""
+    arrays: dict[str, list[TreeEntry]] = {}
+    for path, e in tree.items():
+        if e.kind == "zarr" and ".zarr/" in path:
+            arrays.setdefault(path[:path.index(".zarr/") + 6], []).append(e)
+    rows, done = [], set()
+    for path, e in tree.items():
+        prefix = path[:path.index(".zarr/") + 6] if e.kind == "zarr" and ".zarr/" in path else None
+        if prefix is None or len(arrays[prefix]) <= _ZARR_LISTED_FILES:
+            rows.append((path, e.kind, e.size, e.digest[:16]))
+        elif prefix not in done:
+            done.add(prefix)
+            files = arrays[prefix]
+            rows.append((prefix, "zarr", sum(f.size for f in files),
+                         f"{len(files)} files, {len({f.digest for f in files})} distinct"))
+    return rows
 
 
 @cli.command()

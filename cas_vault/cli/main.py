@@ -1,7 +1,8 @@
 """Root ``vault`` group, shared options, and the one error-to-exit-code table.
 
 Exit codes: 0 ok; 1 a check found problems (:class:`IntegrityError`); 2 bad input or usage
-(every other :class:`VaultError`, click usage errors, OS errors such as permissions). Errors
+(every other :class:`VaultError`, click usage errors, OS errors such as permissions); 3 a
+protocol run by ``vault run`` failed (:class:`RunFailedError`, nothing committed). Errors
 are printed as ``error: <what was wrong and what to do>``, never as a traceback; set
 ``CAS_VAULT_DEBUG=1`` to see one.
 """
@@ -25,6 +26,10 @@ __all__ = ["cli", "echo_json", "main", "open_vault", "vault_option"]
 #: Modules that register commands on :data:`cli` when imported.
 COMMAND_MODULES = (
     "core",
+    "integrity",
+    "runs",
+    "engines",
+    "catalog",
 )
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

@@ -1,0 +1,801 @@
+"""The DuckDB catalog ``<vault>/vault.duckdb``: every specimen, edge, object and metric row in SQL.
+
+The catalog is derived data. Everything in it comes from the journal (for the order of commits),
+the commit objects (manifest, parents, tree) and the Parquet objects (metrics), so deleting the
+file loses nothing: the next ``vault index`` (or query) rebuilds it.
+
+Updates are incremental. The ``_state`` table remembers how far into the journal the catalog has
+read (line count, byte offset and the BLAKE3 of the last line read); an update reads only the
+journal lines after that offset and the commits they name. A catalog whose last line no longer
+matches the journal, or that was built for another vault or by another schema version, is rebuilt.
+
+Concurrency (docs/catalog.md): DuckDB lets one process open a file read-write, and no process
+open it read-only meanwhile. Writers serialise on ``locks/catalog.lock``; a commit's catalog
+update is best effort: if it cannot get the lock or the file quickly, it writes the stale marker
+``<vault>/catalog.stale`` and the commit stands. A process keeps its writer connection open while
+it commits in a burst (opening a DuckDB file costs ~20 ms, more than a whole commit) and closes it
+after :data:`IDLE_CLOSE_SECONDS` without commits, so readers in other processes get in.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import canonical
+from .atomic import FileLock, write_replace
+from .commit import Commit
+from .digest import Digest, hash_bytes
+from .errors import IntegrityError, InvalidInputError, LockTimeoutError, VaultError
+from .refs import JournalEntry
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from .vault import Vault
+
+__all__ = [
+    "CATALOG_TABLES",
+    "IDLE_CLOSE_SECONDS",
+    "SCHEMA_VERSION",
+    "STALE_MARKER",
+    "CatalogWriter",
+    "IndexResult",
+    "after_commit",
+    "connect_read_only",
+    "index",
+    "indexed_commits",
+    "release_writer",
+    "stale_reason",
+]
+
+#: Version of the catalog's tables; a catalog with another version is rebuilt.
+SCHEMA_VERSION = 1
+#: File written next to ``vault.duckdb`` when a commit could not update the catalog.
+STALE_MARKER = "catalog.stale"
+#: A writer connection unused for this long is closed so other processes can open the file.
+IDLE_CLOSE_SECONDS = 0.5
+#: A commit indexes at most this many journal lines itself; more is left to `vault index`.
+MAX_LINES_PER_COMMIT = 64
+#: Tables a user can query.
+CATALOG_TABLES = ("catalog", "lineage", "objects", "metrics")
+#: Columns of ``metrics`` that are not metric columns.
+METRIC_KEY_COLUMNS = ("specimen_id", "file")
+
+_DDL = """
+CREATE TABLE _state(
+    schema_version INTEGER, vault_created VARCHAR, journal_lines BIGINT, journal_offset BIGINT,
+    tip_offset BIGINT, tip VARCHAR, updated TIMESTAMP);
+CREATE TABLE catalog(
+    specimen_id VARCHAR, created TIMESTAMP, domain VARCHAR, method VARCHAR, model VARCHAR,
+    tags VARCHAR[], status VARCHAR, commit VARCHAR, parents VARCHAR[], message VARCHAR,
+    author VARCHAR, logical_bytes BIGINT, unique_bytes BIGINT, seq BIGINT, files INTEGER,
+    metadata JSON, config JSON);
+CREATE TABLE lineage(child VARCHAR, parent VARCHAR, child_commit VARCHAR, parent_commit VARCHAR);
+CREATE TABLE objects(digest VARCHAR, size BIGINT, kind VARCHAR, specimen_id VARCHAR, path VARCHAR);
+CREATE TABLE metrics(specimen_id VARCHAR, file VARCHAR);
+CREATE MACRO ancestors(sid) AS TABLE
+    WITH RECURSIVE a(specimen_id) AS (
+        SELECT parent FROM lineage WHERE child = sid
+        UNION
+        SELECT l.parent FROM lineage l JOIN a ON l.child = a.specimen_id)
+    SELECT specimen_id FROM a;
+CREATE MACRO descendants(sid) AS TABLE
+    WITH RECURSIVE d(specimen_id) AS (
+        SELECT child FROM lineage WHERE parent = sid
+        UNION
+        SELECT l.child FROM lineage l JOIN d ON l.parent = d.specimen_id)
+    SELECT specimen_id FROM d;
+"""
+_DROP = """
+DROP MACRO TABLE IF EXISTS ancestors; DROP MACRO TABLE IF EXISTS descendants;
+DROP TABLE IF EXISTS _state; DROP TABLE IF EXISTS catalog; DROP TABLE IF EXISTS lineage;
+DROP TABLE IF EXISTS objects; DROP TABLE IF EXISTS metrics;
+"""
+_NUMERIC = {
+    "BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+    "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE",
+}
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    """What one catalog update did.
+
+    Attributes:
+        indexed: commits added by this update.
+        total: specimens in the catalog afterwards.
+        rebuilt: whether the catalog was rebuilt from scratch.
+        seconds: wall time of the update.
+    """
+
+    indexed: int
+    total: int
+    rebuilt: bool
+    seconds: float
+
+
+@dataclass
+class _State:
+    journal_lines: int = 0
+    journal_offset: int = 0
+    tip_offset: int = 0
+    tip: str = ""
+
+
+@dataclass(frozen=True)
+class _Pending:
+    offset: int  # byte offset of the line in the journal
+    entry: JournalEntry
+
+
+@dataclass
+class _Cache:
+    """What a writer knows about the file; valid only while it alone has the file open."""
+
+    state: _State | None = None
+    total: int = 0
+    digests: set[str] | None = None  # every digest in `objects`, for unique_bytes
+    columns: dict[str, str] | None = None  # metrics: lower-case name -> DuckDB type
+    plans: dict[tuple[tuple[str, str], ...], str] = field(default_factory=dict)  # schema -> SELECT
+
+
+class _TooMuchPending(VaultError):
+    """More journal lines are waiting than a commit should index on its own."""
+
+
+# -- public functions ---------------------------------------------------------------------------
+def index(vault: Vault, rebuild: bool = False, lock_timeout: float = 60.0) -> IndexResult:
+    """Bring ``vault.duckdb`` up to date (``vault index``), reading only commits not yet indexed.
+
+    Args:
+        vault: the vault.
+        rebuild: drop everything and rebuild from the journal and objects.
+        lock_timeout: seconds to wait for other writers and open readers.
+
+    Returns:
+        What was done.
+
+    Raises:
+        LockTimeoutError: if another process kept the catalog busy for longer.
+        IntegrityError: if the journal is damaged (``vault verify`` says where).
+        InvalidInputError: if ``vault.duckdb`` is not a DuckDB file this version can open (and
+            ``rebuild`` was not asked for).
+    """
+    writer = _writer_for(vault)
+    try:
+        return writer.update(rebuild=rebuild, lock_timeout=lock_timeout, open_timeout=lock_timeout)
+    finally:
+        writer.close()
+
+
+def after_commit(vault: Vault, specimen_id: str, digest: Digest, commit: Commit) -> None:
+    """Index a commit just made; on any failure mark the catalog stale. Never raises."""
+    writer = None
+    try:
+        writer = _writer_for(vault)
+        writer.update(lock_timeout=0.05, open_timeout=0.05, known={digest: commit},
+                      max_lines=MAX_LINES_PER_COMMIT)
+    except Exception as exc:  # the commit stands whatever happens to derived data
+        _mark_stale(vault, f"the catalog update after committing {specimen_id} failed: {exc}")
+    finally:
+        if writer is not None:
+            writer.schedule_idle_close()
+
+
+def release_writer(vault_root: Path) -> None:
+    """Close this process's writer connection to ``vault_root``'s catalog, if it has one.
+
+    A DuckDB file open read-write in a process cannot be opened read-only by the same process,
+    so readers call this before connecting.
+    """
+    writer = _WRITERS.get(Path(vault_root))
+    if writer is not None:
+        writer.close()
+
+
+def indexed_commits(vault: Vault, timeout: float = 30.0) -> dict[str, str]:
+    """Return specimen id -> commit digest as the catalog records them now (no update first).
+
+    For ``vault verify``: a catalog that cannot be opened, or has no tables yet, records nothing.
+
+    Raises:
+        LockTimeoutError: if a writer kept the file open longer than ``timeout``.
+    """
+    import duckdb
+
+    if not vault.catalog_path.exists():
+        return {}
+    release_writer(vault.root)
+    try:
+        conn = connect_read_only(vault.catalog_path, timeout)
+    except InvalidInputError:
+        return {}
+    try:
+        return dict(conn.execute("SELECT specimen_id, commit FROM catalog").fetchall())
+    except duckdb.Error:
+        return {}
+    finally:
+        conn.close()
+
+
+def stale_reason(vault: Vault, conn: duckdb.DuckDBPyConnection) -> str | None:
+    """Say why the catalog open on ``conn`` does not reflect the vault, or None if it does.
+
+    Cheap: one query, two ``stat`` calls and a read of the journal's unindexed tail.
+    """
+    marker = vault.root / STALE_MARKER
+    if marker.exists():
+        try:
+            why = marker.read_text("utf-8", "replace").strip()
+        except OSError:
+            why = ""
+        return why or "the catalog was marked stale"
+    try:
+        row = conn.execute(
+            "SELECT schema_version, vault_created, journal_offset FROM _state"
+        ).fetchall()
+    except Exception:  # a file without our tables (new, foreign, or older layout)
+        return "the catalog has not been built yet"
+    if len(row) != 1 or row[0][0] != SCHEMA_VERSION:
+        return "the catalog was built by another version of cas-vault"
+    row = row[0]
+    if row[1] != _vault_created(vault):
+        return "the catalog was built for another vault"
+    offset = int(row[2])
+    try:
+        size = vault.refs.journal.stat().st_size
+    except FileNotFoundError:
+        size = 0
+    if size < offset:
+        return "the journal is shorter than what the catalog indexed"
+    if size > offset:
+        with open(vault.refs.journal, "rb") as f:
+            f.seek(offset)
+            if b"\n" in f.read():
+                return "commits were made since the catalog was last updated"
+    return None
+
+
+def connect_read_only(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file read-only, retrying while another process writes it.
+
+    Raises:
+        LockTimeoutError: if a writer held it for longer than ``timeout`` seconds.
+        InvalidInputError: if it is not a DuckDB database this version can read.
+    """
+    import duckdb
+
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=True)
+        except duckdb.Error as exc:
+            if not _is_lock_conflict(exc):
+                raise InvalidInputError(
+                    f"{path} cannot be opened as a DuckDB catalog ({exc}); it is derived data: "
+                    "run `vault index --rebuild` to recreate it"
+                ) from None
+            if time.monotonic() >= deadline:
+                raise LockTimeoutError(
+                    f"{path} has been open for writing by another process for over "
+                    f"{timeout:g} s (a commit or `vault index`); try again when it finishes"
+                ) from None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+# -- the writer ---------------------------------------------------------------------------------
+_WRITERS: dict[Path, CatalogWriter] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_for(vault: Vault) -> CatalogWriter:
+    # One writer per vault per process: its caches are valid only while it alone writes.
+    with _WRITERS_LOCK:
+        w = _WRITERS.get(vault.root)
+        if w is None or w.pid != os.getpid():
+            w = _WRITERS[vault.root] = CatalogWriter(vault)
+        return w
+
+
+class CatalogWriter:
+    """Updates one vault's catalog; keeps its connection open across a burst of commits.
+
+    Args:
+        vault: the vault.
+    """
+
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+        self.path = vault.catalog_path
+        self.lock_path = vault.root / "locks" / "catalog.lock"
+        self.pid = os.getpid()
+        self._mutex = threading.RLock()
+        self._conn: duckdb.DuckDBPyConnection | None = None
+        self._cache = _Cache()
+        self._last_used = 0.0
+        self._timer: threading.Timer | None = None
+
+    # -- connection ----------------------------------------------------------------------
+    def _connect(self, timeout: float, rebuild: bool) -> duckdb.DuckDBPyConnection:
+        import duckdb
+
+        if self._conn is not None:
+            return self._conn
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                self._conn = duckdb.connect(str(self.path))
+                break
+            except duckdb.Error as exc:
+                if not _is_lock_conflict(exc):
+                    if rebuild:  # derived data we cannot open: start from an empty file
+                        self.path.unlink(missing_ok=True)
+                        Path(f"{self.path}.wal").unlink(missing_ok=True)
+                        rebuild = False
+                        continue
+                    raise InvalidInputError(
+                        f"{self.path} cannot be opened as a DuckDB catalog ({exc}); it is "
+                        "derived data: run `vault index --rebuild` to recreate it"
+                    ) from None
+                if time.monotonic() >= deadline:
+                    raise LockTimeoutError(
+                        f"{self.path} is open in another process (a query or a commit) for over "
+                        f"{timeout:g} s; try again when it finishes"
+                    ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        self._forget()
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection (other processes can then open the catalog)."""
+        with self._mutex:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._conn is not None and self.pid == os.getpid():
+                try:
+                    self._conn.close()
+                finally:
+                    self._conn = None
+                    self._forget()
+
+    def schedule_idle_close(self) -> None:
+        """Close the connection once it has been idle for :data:`IDLE_CLOSE_SECONDS`."""
+        with self._mutex:
+            self._last_used = time.monotonic()
+            if self._timer is None:
+                self._start_timer(IDLE_CLOSE_SECONDS)
+
+    def _start_timer(self, delay: float) -> None:
+        self._timer = threading.Timer(delay, self._idle_check)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _idle_check(self) -> None:
+        with self._mutex:
+            self._timer = None
+            idle = time.monotonic() - self._last_used
+            if idle >= IDLE_CLOSE_SECONDS:
+                self.close()
+            else:
+                self._start_timer(IDLE_CLOSE_SECONDS - idle)
+
+    # -- update --------------------------------------------------------------------------
+    def update(
+        self,
+        rebuild: bool = False,
+        *,
+        lock_timeout: float = 60.0,
+        open_timeout: float = 60.0,
+        known: Mapping[str, Commit] | None = None,
+        max_lines: int | None = None,
+    ) -> IndexResult:
+        """Index the journal lines not yet in the catalog (all of them if ``rebuild``).
+
+        Args:
+            rebuild: drop and recreate every table first.
+            lock_timeout: seconds to wait for ``locks/catalog.lock``.
+            open_timeout: seconds to wait while another process has the file open.
+            known: commits already in memory (the one just made), by digest.
+            max_lines: refuse (raise) if more lines than this are pending; the caller then
+                leaves the work to ``vault index``.
+
+        Returns:
+            What was done.
+
+        Raises:
+            LockTimeoutError, InvalidInputError, IntegrityError: see :func:`index`.
+            VaultError: if more than ``max_lines`` lines are pending.
+        """
+        t0 = time.perf_counter()
+        with self._mutex, FileLock(self.lock_path, timeout=lock_timeout):
+            # Remove the marker before reading the journal: a commit that fails to update the
+            # catalog after this point writes it again, so no commit is ever left unmarked.
+            (self.vault.root / STALE_MARKER).unlink(missing_ok=True)
+            try:
+                conn = self._connect(open_timeout, rebuild)
+                result = self._update_locked(conn, rebuild, known or {}, max_lines, t0)
+            except _TooMuchPending as exc:
+                _mark_stale(self.vault, str(exc))
+                raise
+            except BaseException as exc:
+                self._forget()
+                _mark_stale(self.vault, f"the last catalog update failed: {exc}")
+                raise
+            self._last_used = time.monotonic()
+            return result
+
+    def _forget(self) -> None:
+        # After a failed transaction, or when the file was closed, no cached fact can be trusted.
+        self._cache = _Cache()
+
+    def _update_locked(
+        self, conn: duckdb.DuckDBPyConnection, rebuild: bool, known: Mapping[str, Commit],
+        max_lines: int | None, t0: float,
+    ) -> IndexResult:
+        created = _vault_created(self.vault)
+        if rebuild:
+            state = None
+        elif self._cache.state is not None:
+            state = self._cache.state
+        else:
+            state = self._read_state(conn, created)
+        rebuilt = state is None
+        if state is not None:
+            pending = self._pending(state)
+            if pending is None:  # the journal no longer continues what we indexed
+                state, rebuilt = None, True
+        if state is None:
+            state = _State()
+            pending = self._pending(state)
+            assert pending is not None
+        if max_lines is not None and len(pending) > max_lines:
+            raise _TooMuchPending(f"{len(pending)} commits are not indexed yet")
+        skip: set[str] = set()
+        for _attempt in range(8):
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                cache = self._cache
+                if rebuilt:
+                    conn.execute(_DROP + _DDL)
+                    self._forget()
+                    cache = self._cache
+                    cache.digests = set()
+                elif cache.digests is None:
+                    cache.digests = {r[0] for r in conn.execute("SELECT DISTINCT digest FROM objects").fetchall()}
+                self._index_lines(conn, pending, known, skip, cache.digests)
+                new_state = _advance(state, pending)
+                values = [SCHEMA_VERSION, created, new_state.journal_lines, new_state.journal_offset,
+                          new_state.tip_offset, new_state.tip]
+                if rebuilt:
+                    conn.execute("INSERT INTO _state VALUES (?, ?, ?, ?, ?, ?, now()::TIMESTAMP)", values)
+                else:
+                    conn.execute(
+                        "UPDATE _state SET schema_version = ?, vault_created = ?, journal_lines = ?, "
+                        "journal_offset = ?, tip_offset = ?, tip = ?, updated = now()::TIMESTAMP", values,
+                    )
+                conn.execute("COMMIT")
+                cache.state = new_state
+                cache.total += len(pending)
+                total = cache.total
+                break
+            except _BadParquet as bad:
+                conn.execute("ROLLBACK")
+                self._forget()
+                skip.add(bad.digest)
+            except BaseException:
+                try:
+                    conn.execute("ROLLBACK")
+                except Exception:
+                    pass
+                raise
+        else:  # pragma: no cover - needs eight unreadable Parquet objects in one update
+            raise IntegrityError("too many unreadable Parquet objects; run `vault verify`")
+        return IndexResult(len(pending), int(total), rebuilt, time.perf_counter() - t0)
+
+    def _read_state(self, conn: duckdb.DuckDBPyConnection, created: str) -> _State | None:
+        try:
+            rows = conn.execute(
+                "SELECT schema_version, vault_created, journal_lines, journal_offset, tip_offset, tip "
+                "FROM _state"
+            ).fetchall()
+        except Exception:
+            return None
+        if len(rows) != 1 or rows[0][0] != SCHEMA_VERSION or rows[0][1] != created:
+            return None
+        row = rows[0]
+        self._cache.total = int(conn.execute("SELECT count(*) FROM catalog").fetchall()[0][0])
+        return _State(int(row[2]), int(row[3]), int(row[4]), str(row[5] or ""))
+
+    def _pending(self, state: _State) -> list[_Pending] | None:
+        """Journal lines after ``state``; None if the journal does not continue it."""
+        try:
+            f = open(self.vault.refs.journal, "rb")
+        except FileNotFoundError:
+            return [] if state.journal_lines == 0 else None
+        with f:
+            f.seek(state.tip_offset)
+            data = f.read()
+        head = state.journal_offset - state.tip_offset
+        if state.journal_lines:
+            if len(data) < head or data[head - 1:head] != b"\n" or hash_bytes(data[:head - 1]) != state.tip:
+                return None
+        data = data[head:]
+        out: list[_Pending] = []
+        pos = state.journal_offset
+        seq = state.journal_lines
+        for line in data.split(b"\n")[:-1]:  # the last piece is "" or a line still being written
+            entry = JournalEntry.decode(line, seq + 1)
+            if entry.seq != seq:
+                raise IntegrityError(
+                    f"journal line {seq + 1} says seq {entry.seq}; the journal was edited: "
+                    "run `vault verify`"
+                )
+            out.append(_Pending(pos, entry))
+            pos += len(line) + 1
+            seq += 1
+        return out
+
+    # -- rows ----------------------------------------------------------------------------
+    def _index_lines(
+        self, conn: duckdb.DuckDBPyConnection, pending: list[_Pending],
+        known: Mapping[str, Commit], skip: set[str], seen: set[str],
+    ) -> None:
+        if not pending:
+            return
+        import pyarrow as pa
+
+        vault = self.vault
+        commits: dict[str, Commit | None] = dict(known)
+
+        def load(d: str) -> Commit | None:
+            if d not in commits:
+                try:
+                    commits[d] = vault.read_commit(d)
+                except VaultError:
+                    commits[d] = None
+            return commits[d]
+
+        cat: dict[str, list[Any]] = {k: [] for k in _CATALOG_COLUMNS}
+        lin: dict[str, list[Any]] = {k: [] for k in ("child", "parent", "child_commit", "parent_commit")}
+        obj: dict[str, list[Any]] = {k: [] for k in ("digest", "size", "kind", "specimen_id", "path")}
+        parquet: list[tuple[str, str, str]] = []
+        for p in pending:
+            e = p.entry
+            c = load(e.commit)
+            if c is None:
+                _add_row(cat, specimen_id=e.specimen_id, created=_parse_time(e.time),
+                         status="unreadable", commit=e.commit, seq=e.seq)
+                continue
+            own = {t.digest: t.size for t in c.tree.values()}
+            unique = sum(s for d, s in own.items() if d not in seen)
+            seen.update(own)
+            m = c.manifest
+            _add_row(
+                cat, specimen_id=e.specimen_id, created=_parse_time(c.created), domain=m.domain,
+                method=m.method, model=m.model, tags=list(m.tags), status=_status(m.metadata),
+                commit=e.commit, parents=list(c.parents), message=c.message, author=c.author,
+                logical_bytes=c.logical_bytes, unique_bytes=unique, seq=e.seq, files=len(c.tree),
+                metadata=_to_json(m.metadata), config=self._config_json(c),
+            )
+            for parent in c.parents:
+                pc = load(parent)
+                _add_row(lin, child=e.specimen_id, parent=pc.specimen_id if pc else None,
+                         child_commit=e.commit, parent_commit=parent)
+            for path, t in c.tree.items():
+                _add_row(obj, digest=t.digest, size=t.size, kind=t.kind, specimen_id=e.specimen_id,
+                         path=path)
+                name = _metrics_file(path, t.kind)
+                if name is not None and t.digest not in skip:
+                    parquet.append((e.specimen_id, name, t.digest))
+        _insert(conn, "catalog", pa.table(cat, schema=_catalog_schema()))
+        if lin["child"]:
+            _insert(conn, "lineage", pa.table(lin, schema=_string_schema(lin)))
+        if obj["digest"]:
+            obj_schema = pa.schema([("digest", pa.string()), ("size", pa.int64()), ("kind", pa.string()),
+                                    ("specimen_id", pa.string()), ("path", pa.string())])
+            _insert(conn, "objects", pa.table(obj, schema=obj_schema))
+        for sid, name, digest in parquet:
+            self._insert_metrics(conn, sid, name, digest)
+
+    def _config_json(self, c: Commit) -> str | None:
+        entry = c.tree.get("strata/config.msgpack")
+        if entry is None:
+            return None
+        try:
+            return _to_json(canonical.unpackb(self.vault.objects.get(entry.digest, verify=False)))
+        except (VaultError, OSError, ValueError):
+            return None
+
+    def _insert_metrics(self, conn: duckdb.DuckDBPyConnection, sid: str, name: str, digest: str) -> None:
+        import duckdb
+        import pyarrow.parquet as pq
+
+        path = str(self.vault.objects.path(digest))
+        try:
+            schema = pq.read_schema(path)
+        except Exception:
+            return  # not a readable Parquet file: the objects table still lists it
+        key = tuple((f.name, str(f.type)) for f in schema)
+        try:
+            plan = self._cache.plans.get(key)
+            if plan is None:
+                plan = self._cache.plans[key] = self._plan(conn, path)
+            conn.execute(
+                f"INSERT INTO metrics BY NAME SELECT ? AS specimen_id, ? AS file{plan} "
+                "FROM read_parquet(?)",
+                [sid, name, path],
+            )
+        except duckdb.Error as exc:
+            raise _BadParquet(digest, str(exc)) from None
+
+    def _plan(self, conn: duckdb.DuckDBPyConnection, path: str) -> str:
+        """Make ``metrics`` able to hold this file's columns; return the SELECT list for it."""
+        incoming = conn.execute("DESCRIBE SELECT * FROM read_parquet(?)", [path]).fetchall()
+        columns = self._metrics_columns(conn)
+        select = []
+        for name, dtype, *_ in incoming:
+            target = name
+            if name.lower() in METRIC_KEY_COLUMNS:  # keep the key columns ours
+                target = f"metric_{name}"
+            low = target.lower()
+            have = columns.get(low)
+            if have is None:
+                conn.execute(f"ALTER TABLE metrics ADD COLUMN {_ident(target)} {dtype}")
+                columns[low] = dtype
+            elif have != dtype:
+                wider = _supertype(conn, have, dtype)
+                if wider != have:
+                    conn.execute(f"ALTER TABLE metrics ALTER COLUMN {_ident(target)} SET DATA TYPE {wider}")
+                    columns[low] = wider
+            select.append(f", {_ident(name)} AS {_ident(target)}")
+        return "".join(select)
+
+    def _metrics_columns(self, conn: duckdb.DuckDBPyConnection) -> dict[str, str]:
+        if self._cache.columns is None:
+            rows = conn.execute("DESCRIBE metrics").fetchall()
+            self._cache.columns = {r[0].lower(): r[1] for r in rows}
+        return self._cache.columns
+
+
+class _BadParquet(Exception):
+    def __init__(self, digest: str, why: str) -> None:
+        super().__init__(why)
+        self.digest = digest
+
+
+# -- helpers ------------------------------------------------------------------------------------
+_CATALOG_COLUMNS = (
+    "specimen_id", "created", "domain", "method", "model", "tags", "status", "commit", "parents",
+    "message", "author", "logical_bytes", "unique_bytes", "seq", "files", "metadata", "config",
+)
+
+
+def _catalog_schema() -> Any:
+    import pyarrow as pa
+
+    s, i = pa.string(), pa.int64()
+    types = {"created": pa.timestamp("us"), "tags": pa.list_(s), "parents": pa.list_(s),
+             "logical_bytes": i, "unique_bytes": i, "seq": i, "files": pa.int32()}
+    return pa.schema([(k, types.get(k, s)) for k in _CATALOG_COLUMNS])
+
+
+def _string_schema(cols: Mapping[str, Any]) -> Any:
+    import pyarrow as pa
+
+    return pa.schema([(k, pa.string()) for k in cols])
+
+
+def _add_row(table: dict[str, list[Any]], **values: Any) -> None:
+    for k, col in table.items():
+        col.append(values.get(k))
+
+
+def _insert(conn: duckdb.DuckDBPyConnection, table: str, rows: Any) -> None:
+    # Positional: every Arrow schema here lists the columns in the table's order.
+    conn.from_arrow(rows).insert_into(table)
+
+
+def _advance(state: _State, pending: list[_Pending]) -> _State:
+    if not pending:
+        return state
+    last = pending[-1]
+    return _State(last.entry.seq + 1, last.offset + len(last.entry.line) + 1, last.offset,
+                  hash_bytes(last.entry.line))
+
+
+def _metrics_file(path: str, kind: str) -> str | None:
+    """``strata/<name>.parquet`` -> ``<name>`` (the ``file`` column), else None."""
+    if kind != "parquet" or not path.startswith("strata/") or path.count("/") != 1:
+        return None
+    name = path[len("strata/"):]
+    return name[: -len(".parquet")] if name.lower().endswith(".parquet") else None
+
+
+def _status(metadata: Mapping[str, Any]) -> str:
+    status = metadata.get("status")
+    if isinstance(status, str) and status:
+        return status
+    return "partial" if metadata.get("partial") is True else "committed"
+
+
+def _parse_time(value: str) -> _dt.datetime | None:
+    try:
+        return _dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except (TypeError, ValueError):
+        return None
+
+
+def _jsonable(value: Any) -> Any:
+    # JSON has no NaN, inf or bytes: store them as strings rather than lose the row.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _to_json(value: Any) -> str:
+    return json.dumps(_jsonable(value), sort_keys=True, default=str, allow_nan=False)
+
+
+def _ident(name: str) -> str:
+    """Quote a SQL identifier (double quotes, embedded quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _supertype(conn: duckdb.DuckDBPyConnection, a: str, b: str) -> str:
+    """The type a metrics column needs to hold values of types ``a`` and ``b``."""
+    if _is_numeric(a) and _is_numeric(b):
+        row = conn.execute(
+            f"DESCRIBE SELECT NULL::{a} AS x UNION ALL BY NAME SELECT NULL::{b} AS x"
+        ).fetchall()[0]
+        return str(row[1])
+    return "VARCHAR"  # mixed kinds (numbers and text, lists...): keep every value, as text
+
+
+def _is_numeric(t: str) -> bool:
+    return t in _NUMERIC or t.startswith("DECIMAL")
+
+
+def _is_lock_conflict(exc: BaseException) -> bool:
+    # Another process has the file (a flock conflict), or this process has it open in the other
+    # mode (DuckDB refuses a second configuration of one file in one process): both pass.
+    text = str(exc)
+    return any(m in text for m in ("Could not set lock", "Conflicting lock", "different configuration"))
+
+
+def _vault_created(vault: Vault) -> str:
+    from .storage import VAULT_MARKER
+
+    try:
+        marker = canonical.unpackb((vault.root / VAULT_MARKER).read_bytes())
+        return str(marker.get("created", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def _mark_stale(vault: Vault, reason: str) -> None:
+    try:
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        text = f"{reason.splitlines()[0] if reason else 'unknown'} ({stamp}); run `vault index`\n"
+        write_replace(vault.root / STALE_MARKER, text.encode("utf-8"))
+    except Exception:  # nothing more we can do; queries still compare the journal offsets
+        pass

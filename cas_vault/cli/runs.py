@@ -1,0 +1,200 @@
+"""Run commands: run, import-legacy, diff, plot, note (``vault commit --partial`` is in core)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .main import cli, echo_json, open_vault, vault_option
+
+_MAX_SHOWN = 40
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("specimen_id")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("-m", "--message", default="", help="Commit message (default: the command line).")
+@click.option("--timeout", type=float, default=None, help="Kill the protocol after this many seconds.")
+@vault_option
+def run(specimen_id: str, args: tuple[str, ...], message: str, timeout: float | None,
+        vault_path: str | None) -> None:
+    """Run specimens/SPECIMEN_ID/protocol.py; if it exits 0, commit it with provenance.
+
+    ARGS after SPECIMEN_ID (use `--` before options meant for the protocol) are passed to the
+    protocol. Its output is shown as it runs and kept in the specimen as run.log. Provenance
+    (Python, platform, host, package versions, git commit/dirty/diff digest, command, wall
+    time, exit status, seeds set with cas_vault.seed_everything) goes under
+    metadata.provenance. A failing protocol commits nothing and exits with status 3.
+
+    \b
+    Examples:
+      vault run 2024_12_19_my_experiment
+      vault run -m "lr sweep, 3e-4" 2024_12_19_lr_3e4 -- --lr 3e-4 --epochs 5
+    """
+    v = open_vault(vault_path)
+
+    def output(chunk: bytes) -> None:
+        click.echo(chunk, nl=False)
+
+    args_list = list(args)
+    if args_list[:1] == ["--"]:  # parsing stopped at SPECIMEN_ID, so click kept the `--`
+        args_list = args_list[1:]
+    result = v.run(specimen_id, args_list, message=message, output=output, timeout=timeout)
+    p = result.provenance
+    seeds = ", ".join(str(s["seed"]) for s in p["seeds"]) or "none recorded"
+    git = p.get("git")
+    code = "no git repository" if not git else (
+        f"git {str(git['commit'])[:12]}{' (dirty)' if git['dirty'] else ''}")
+    click.echo(f"Committed {specimen_id} {result.commit.digest}", err=True)
+    click.echo(f"  {p['wall_time_s']:.2f} s, Python {p['python']['version']}, {code}, seeds: {seeds}",
+               err=True)
+
+
+@cli.command("import-legacy")
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (stable format).")
+@vault_option
+def import_legacy(path: str, as_json: bool, vault_path: str | None) -> None:
+    """Import experiments in the seed's layout (specimens/<id>/ with strata/ and runs/).
+
+    specimens/<id>/ becomes specimen <id>; each runs/<YYYYMMDD_HHMMSS>/ becomes
+    <id>.run_<YYYYMMDD_HHMMSS> with parent <id>. Problems (missing or corrupt manifests,
+    domains outside the taxonomy) are listed and the rest is still imported; the exit status
+    is then 1. Importing again adds nothing.
+
+    \b
+    Example:
+      vault import-legacy ~/code/experiments
+    """
+    v = open_vault(vault_path)
+    report = v.import_legacy(path)
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        for item in report.imported:
+            click.echo(f"imported  {item.specimen_id}  {item.commit[:16]}  from {item.source}")
+        if report.already:
+            click.echo(f"already imported: {len(report.already)} specimen(s), left as they are")
+        for prob in report.problems:
+            click.echo(f"problem   {prob.source}: {prob.message}", err=True)
+        click.echo(f"{len(report.imported)} imported, {len(report.already)} already there, "
+                   f"{len(report.problems)} problem(s)")
+    if report.problems:
+        click.get_current_context().exit(1)
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    if len(text) <= width:
+        return text
+    head = (width - 3) // 2  # keep both ends: paths and versions differ at either
+    return text[:head] + "..." + text[len(text) - (width - 3 - head):]
+
+
+def _echo_changes(title: str, changes: list[Any]) -> None:
+    if not changes:
+        return
+    click.echo(f"{title}:")
+    for c in changes[:_MAX_SHOWN]:
+        if c.only_in == "b":
+            click.echo(click.style(f"  + {c.key}: {_short(c.b)}", fg="green"))
+        elif c.only_in == "a":
+            click.echo(click.style(f"  - {c.key}: {_short(c.a)}", fg="red"))
+        else:
+            click.echo(f"  ~ {c.key}: {_short(c.a, 40)} -> {_short(c.b, 40)}")
+    if len(changes) > _MAX_SHOWN:
+        click.echo(f"  ... {len(changes) - _MAX_SHOWN} more (see --json)")
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.6g}"
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON (stable format).")
+@vault_option
+def diff(a: str, b: str, as_json: bool, vault_path: str | None) -> None:
+    """Show what differs between committed specimens A and B.
+
+    Manifest and metadata (provenance included: package versions, git commit, seeds), config,
+    files added/removed/changed by digest, and final/min/max of every numeric metric both have.
+
+    \b
+    Example:
+      vault diff 2024_12_19_baseline 2024_12_19_lr_3e4
+    """
+    v = open_vault(vault_path)
+    d = v.diff(a, b)
+    if as_json:
+        echo_json(d.to_dict())
+        return
+    click.echo(f"--- {a}\n+++ {b}")
+    if d.identical:
+        click.echo("manifest, config and files are identical")
+    _echo_changes("manifest", d.manifest)
+    _echo_changes("config", d.config)
+    click.echo(f"files: {len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed, "
+               f"{d.unchanged} unchanged")
+    for p in d.added:
+        click.echo(click.style(f"  + {p}", fg="green"))
+    for p in d.removed:
+        click.echo(click.style(f"  - {p}", fg="red"))
+    for p in d.changed:
+        click.echo(f"  ~ {p}")
+    if d.metrics:
+        click.echo("metrics (A -> B):")
+        width = max(len(m.metric) for m in d.metrics)
+        for m in d.metrics:
+            mark = "~" if m.changed else "="
+            where = "" if m.file == "strata/metrics.parquet" else f"  [{m.file}]"
+            click.echo(
+                f"  {mark} {m.metric:<{width}}  final {_num(m.a['final'])} -> {_num(m.b['final'])}"
+                f"  min {_num(m.a['min'])} -> {_num(m.b['min'])}"
+                f"  max {_num(m.a['max'])} -> {_num(m.b['max'])}{where}"
+            )
+
+
+@cli.command()
+@click.argument("metric")
+@click.argument("specimen_ids", nargs=-1)
+@click.option("--where", default=None, help="SQL condition over the catalog, e.g. \"domain = 'training'\".")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="PNG file to write (default: METRIC.png).")
+@click.option("--log-y", is_flag=True, help="Logarithmic y axis.")
+@vault_option
+def plot(metric: str, specimen_ids: tuple[str, ...], where: str | None, output: str | None,
+         log_y: bool, vault_path: str | None) -> None:
+    """Plot METRIC's training curve for each specimen, one labelled line each, as a PNG.
+
+    \b
+    Examples:
+      vault plot loss 2024_12_19_baseline 2024_12_19_lr_3e4 -o loss.png
+      vault plot loss --where "domain = 'training' AND list_contains(tags, 'gpt2')"
+    """
+    v = open_vault(vault_path)
+    result = v.plot(metric, list(specimen_ids), where=where, output=output, log_y=log_y)
+    for sid, why in result.skipped.items():
+        click.echo(f"skipped {sid}: {why}", err=True)
+    click.echo(f"Wrote {result.path} ({len(result.plotted)} specimen(s): {', '.join(result.plotted)})")
+
+
+@cli.command()
+@click.argument("specimen_id")
+@click.argument("text")
+@vault_option
+def note(specimen_id: str, text: str, vault_path: str | None) -> None:
+    """Append a timestamped entry to an uncommitted specimen's field_notes.md.
+
+    Committed specimens never change: record later notes in a new specimen
+    (vault new NEW_ID --parent SPECIMEN_ID ...).
+
+    \b
+    Example:
+      vault note 2024_12_19_my_experiment "loss plateaus after step 40k; try warmup"
+    """
+    v = open_vault(vault_path)
+    path = v.note(specimen_id, text)
+    click.echo(f"Added a note to {path}")

@@ -1,0 +1,133 @@
+"""The same analysis with dask: blocks become tasks over ``dask.array.from_zarr``.
+
+For activation tensors too large for one machine: the tensor stays in the vault's zarr store,
+each block is a dask task that reads its slab, encodes it and reduces it to partial sums, and
+only those partials (per-input sums, no [tokens, d_sae] arrays) travel back. They are combined
+in block order by the same :class:`~.spectrum.Accumulator` as the one-process path, on the same
+block plan, so the two give the same numbers.
+
+Pass ``scheduler="dask"`` (dask's current scheduler: a dask.distributed Client if one is
+active, else threads), a scheduler address (``tcp://host:8786``; a client is opened for the run
+and closed after it) or a ``dask.distributed.Client``. Needs the ``dask`` extra. Workers must
+see the vault's directory at the same path (a shared filesystem), since they read the chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ...errors import InvalidInputError
+from .spectrum import BlockPartial, Thresholds, block_partial
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .encode import Encoder
+    from .engine import Analysis, Block, SpectroscopyOptions
+    from .sae import SAE
+
+__all__ = ["analyse_dask", "dask_partials"]
+
+
+def _partial(x: np.ndarray, encoder: Encoder, thresholds: Thresholds, n0: int, t0: int) -> BlockPartial:
+    if x.ndim == 2:
+        x = x[None]
+    return block_partial(x, encoder, thresholds, n0, t0)
+
+
+def dask_partials(
+    blocks: Sequence[Block], array: Any, encoder: Encoder, thresholds: Thresholds, first: int,
+    *, client: Any = None, window: int | None = None,
+) -> Iterator[BlockPartial]:
+    """Compute block partials as dask tasks, yielding them in block order.
+
+    Args:
+        blocks: the block plan.
+        array: a zarr array (wrapped with ``dask.array.from_zarr``) or a dask array.
+        encoder: the encoder (sent to the workers once).
+        thresholds: activity thresholds.
+        first: first analysed position.
+        client: a dask.distributed Client, or None for dask's current scheduler.
+        window: blocks in flight at once (bounds the partials held; default 4 per worker).
+    """
+    import dask
+    import dask.array as da
+
+    X = array if isinstance(array, da.Array) else da.from_zarr(array)
+    if client is not None:
+        [enc] = client.scatter([encoder], broadcast=True)
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    else:
+        enc = dask.delayed(encoder, pure=True)
+        n_workers = 2
+    window = window or 4 * n_workers
+    task = dask.delayed(_partial, pure=True)
+
+    def delayed_block(b: Block) -> Any:
+        n0, n1, t0, t1 = b
+        slab = X[first + t0:first + t1] if X.ndim == 2 else X[n0:n1, first + t0:first + t1]
+        return task(slab, enc, thresholds, n0, t0)
+
+    for s in range(0, len(blocks), window):
+        batch = [delayed_block(b) for b in blocks[s:s + window]]
+        if client is not None:
+            results = client.gather(client.compute(batch))
+        else:
+            results = dask.compute(*batch)
+        yield from results
+
+
+def analyse_dask(
+    array: Any, sae: SAE, options: SpectroscopyOptions | None = None, pairs: np.ndarray | None = None,
+    *, scheduler: Any = "dask", window: int | None = None,
+) -> Analysis:
+    """:func:`~.engine.analyse` with the blocks computed by dask.
+
+    Args:
+        array: the activations (zarr array from the vault, or a dask array).
+        sae: the SAE. options, pairs: as :func:`~.engine.analyse`.
+        scheduler: ``"dask"`` for dask's current scheduler, a scheduler address, or a
+            dask.distributed Client.
+        window: blocks in flight at once.
+
+    Raises:
+        InvalidInputError: if dask is not installed, or as :func:`~.engine.analyse`.
+    """
+    try:
+        import dask  # noqa: F401
+        import dask.array  # noqa: F401
+    except ImportError:
+        raise InvalidInputError(
+            "the dask path needs dask: pip install 'cas-vault[dask]' (or run without --dask)"
+        ) from None
+    from .engine import analyse
+
+    own_client = None
+    if isinstance(scheduler, str) and scheduler != "dask":
+        if "://" not in scheduler:
+            raise InvalidInputError(
+                f"scheduler must be 'dask', a scheduler address such as tcp://host:8786, or a "
+                f"dask.distributed Client, not {scheduler!r}"
+            )
+        try:
+            from distributed import Client
+        except ImportError:
+            raise InvalidInputError(
+                "a scheduler address needs dask.distributed: pip install 'cas-vault[dask]'"
+            ) from None
+        try:
+            own_client = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise InvalidInputError(f"cannot reach the dask scheduler at {scheduler} ({exc})") from None
+    client = own_client if own_client is not None else (None if isinstance(scheduler, str) else scheduler)
+
+    def produce(blocks: Sequence[Block], arr: Any, encoder: Encoder, thresholds: Thresholds,
+                first: int) -> Iterator[BlockPartial]:
+        return dask_partials(blocks, arr, encoder, thresholds, first, client=client, window=window)
+
+    try:
+        return analyse(array, sae, options, pairs, partials=produce)
+    finally:
+        if own_client is not None:
+            own_client.close()

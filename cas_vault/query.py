@@ -1,0 +1,271 @@
+"""VaultQuery: read-only SQL over the catalog, lineage, objects, metrics and per-specimen views.
+
+    from cas_vault import VaultQuery
+    q = VaultQuery()                      # the vault at $CAS_VAULT_DIR or above the cwd
+    q.search("SELECT specimen_id, tags FROM catalog WHERE domain = ?", ["interpretability"])
+    q.search('SELECT step, loss FROM "exp_2024_12_19_my_experiment" WHERE step >= 50')
+    q.find_by_tag("gpt2")
+
+Each search brings the catalog up to date first (incrementally), opens ``vault.duckdb``
+read-only, creates the ``exp_<specimen_id>`` views the SQL names as temporary views over the
+Parquet objects at the vault's current location (so a moved vault still answers), runs exactly
+one SELECT and closes the file again, so commits in other processes are never kept waiting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .catalog import IndexResult, connect_read_only, index, release_writer, stale_reason
+from .errors import InvalidInputError, LockTimeoutError, NotFoundError, VaultError
+
+if TYPE_CHECKING:
+    import duckdb
+    import polars as pl
+
+    from .vault import Vault
+
+__all__ = ["CatalogStaleWarning", "FORMATS", "VaultQuery", "render"]
+
+#: Output formats of ``vault query``.
+FORMATS = ("table", "csv", "json", "parquet")
+
+# `exp_` followed by id characters; ids may contain '.' and '-', which is why views of such ids
+# must be written quoted ("exp_a-b"), while unquoted `exp_a.loss` is view `exp_a`, column `loss`.
+_EXP_RE = re.compile(r"exp_([A-Za-z0-9_.\-]+)")
+
+
+class CatalogStaleWarning(UserWarning):
+    """The catalog could not be brought up to date; results may miss recent commits."""
+
+
+class VaultQuery:
+    """Read-only SQL over a vault's catalog (the seed's ``VaultQuery``, across every specimen).
+
+    Args:
+        vault_path: the vault directory, or a :class:`~cas_vault.Vault`; None finds it like
+            ``Vault.open`` does (``$CAS_VAULT_DIR``, else the nearest vault above the cwd).
+        refresh: bring the catalog up to date before each search (cheap when it is current).
+        timeout: seconds to wait while another process writes the catalog.
+
+    Raises:
+        NotFoundError: if there is no vault there.
+    """
+
+    def __init__(self, vault_path: str | os.PathLike[str] | Vault | None = None, *,
+                 refresh: bool = True, timeout: float = 30.0) -> None:
+        from .vault import Vault
+
+        self.vault = vault_path if isinstance(vault_path, Vault) else Vault.open(vault_path)
+        self.refresh_before_search = refresh
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"VaultQuery({str(self.vault.root)!r})"
+
+    # -- public API ----------------------------------------------------------------------
+    def search(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
+        """Run one read-only SELECT and return its result.
+
+        Args:
+            sql: one SQL SELECT (also ``WITH``, ``FROM``, ``DESCRIBE``, ``SHOW``, ``SUMMARIZE``).
+            params: values for ``?`` / ``$1`` placeholders (a sequence) or ``$name`` (a mapping).
+
+        Returns:
+            A polars DataFrame, typed from the query even when it has no rows.
+
+        Raises:
+            InvalidInputError: for SQL that does not parse or bind, or that is not one SELECT.
+            NotFoundError: if the vault has no catalog and it cannot be built.
+            LockTimeoutError: if another process kept the catalog open for writing too long.
+        """
+        import polars as pl
+
+        if not isinstance(sql, str) or not sql.strip():
+            raise InvalidInputError("the query is empty; pass one SQL SELECT statement")
+        import duckdb
+
+        conn = self._connect()
+        try:
+            _check_read_only(conn, sql)
+            try:
+                self._create_views(conn, sql)
+                table = conn.sql(sql, params=_params(params)).to_arrow_table()
+            except duckdb.Error as exc:
+                raise InvalidInputError(f"the query failed: {_first_lines(exc)}") from None
+        finally:
+            conn.close()
+        out = pl.from_arrow(table)
+        assert isinstance(out, pl.DataFrame)
+        return out
+
+    def find_by_tag(self, tag: str) -> pl.DataFrame:
+        """Return the catalog rows of every specimen tagged ``tag``, newest first.
+
+        Raises:
+            InvalidInputError: if ``tag`` is not a string.
+        """
+        if not isinstance(tag, str):
+            raise InvalidInputError(f"tag must be a string, not {type(tag).__name__}")
+        return self.search(
+            "SELECT * FROM catalog WHERE list_contains(tags, ?) ORDER BY created DESC, seq DESC", [tag]
+        )
+
+    def refresh(self) -> IndexResult:
+        """Bring the catalog up to date now (what ``vault index`` does).
+
+        Raises:
+            LockTimeoutError: if other writers kept it busy for longer than ``timeout``.
+        """
+        return index(self.vault, lock_timeout=self.timeout)
+
+    def stale_reason(self) -> str | None:
+        """Why the catalog does not reflect the vault right now, or None if it does."""
+        if not self.vault.catalog_path.exists():
+            return "the catalog has not been built yet"
+        release_writer(self.vault.root)
+        conn = connect_read_only(self.vault.catalog_path, self.timeout)
+        try:
+            return stale_reason(self.vault, conn)
+        finally:
+            conn.close()
+
+    # -- internals -----------------------------------------------------------------------
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        path = self.vault.catalog_path
+        release_writer(self.vault.root)
+        if path.exists():
+            conn = connect_read_only(path, self.timeout)
+            why = stale_reason(self.vault, conn)
+            if why is None or not self.refresh_before_search:
+                return conn
+            conn.close()
+        else:
+            why = "the catalog has not been built yet"
+        try:
+            self.refresh()
+        except (LockTimeoutError, OSError, VaultError) as exc:
+            if not path.exists():
+                raise NotFoundError(
+                    f"{self.vault.root} has no catalog and it could not be built ({exc}); "
+                    "run `vault index` when the vault is writable"
+                ) from None
+            warnings.warn(
+                CatalogStaleWarning(f"catalog not updated ({why}; {exc}); results may miss recent commits"),
+                stacklevel=3,
+            )
+        return connect_read_only(path, self.timeout)
+
+    def _create_views(self, conn: duckdb.DuckDBPyConnection, sql: str) -> None:
+        """Create ``exp_<id>`` temp views for the ids the SQL names, over today's object paths."""
+        candidates: set[str] = set()
+        for m in _EXP_RE.finditer(sql):
+            word = m.group(1)
+            candidates.add(word)
+            for i, ch in enumerate(word):  # `exp_a.loss` may mean view exp_a, column loss
+                if ch in ".-":
+                    candidates.add(word[:i])
+        if not candidates:
+            return
+        rows = conn.execute(
+            "SELECT specimen_id, path, digest FROM objects WHERE kind = 'parquet' "
+            "AND specimen_id IN (SELECT unnest(?::VARCHAR[])) AND path LIKE 'strata/%' "
+            "ORDER BY specimen_id, path",
+            [sorted(candidates)],
+        ).fetchall()
+        files: dict[str, dict[str, str]] = {}
+        for sid, path, digest in rows:
+            if path.count("/") == 1:
+                files.setdefault(sid, {})[path] = digest
+        made: set[str] = set()
+        for sid, by_path in files.items():
+            digest = by_path.get("strata/metrics.parquet")
+            if digest is None and len(by_path) == 1:
+                digest = next(iter(by_path.values()))
+            if digest is None or sid.lower() in made:  # DuckDB names are case-insensitive
+                continue
+            made.add(sid.lower())
+            location = str(self.vault.objects.path(digest)).replace("'", "''")
+            name = '"exp_' + sid.replace('"', '""') + '"'
+            conn.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet('{location}')")
+
+
+def render(df: pl.DataFrame, fmt: str) -> str:
+    """Render a query result as text for ``vault query`` (``table``, ``csv`` or ``json``).
+
+    Raises:
+        InvalidInputError: for an unknown format or ``parquet`` (which is binary: write a file).
+    """
+    import polars as pl
+
+    if fmt == "table":
+        with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=120, tbl_width_chars=10_000,
+                       fmt_table_cell_list_len=-1):
+            return str(df)
+    if fmt == "csv":
+        return _flatten_nested(df).write_csv()
+    if fmt == "json":
+        import json
+
+        return json.dumps(df.to_dicts(), indent=2, ensure_ascii=False, default=_json_default,
+                          allow_nan=True)
+    raise InvalidInputError(f"format {fmt!r} is not a text format; choose table, csv or json")
+
+
+def _flatten_nested(df: pl.DataFrame) -> pl.DataFrame:
+    """CSV has no lists or structs: write those cells as JSON text."""
+    import json
+
+    import polars as pl
+
+    nested = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Array, pl.Struct))]
+    if not nested:
+        return df
+    return df.with_columns(
+        pl.Series(c, [None if v is None else json.dumps(v, default=str) for v in df[c].to_list()],
+                  dtype=pl.String)
+        for c in nested
+    )
+
+
+def _json_default(value: Any) -> Any:
+    iso = getattr(value, "isoformat", None)  # datetimes, dates, times
+    return iso() if callable(iso) else str(value)
+
+
+def _check_read_only(conn: duckdb.DuckDBPyConnection, sql: str) -> None:
+    import duckdb
+
+    try:
+        statements = conn.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise InvalidInputError(f"the query does not parse: {_first_lines(exc)}") from None
+    if len(statements) != 1:
+        raise InvalidInputError(
+            f"pass exactly one SQL statement (got {len(statements)}); run them one at a time"
+        )
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise InvalidInputError(
+            f"queries are read-only: only SELECT statements run, not {kind.name}; to save a "
+            "result use `vault query SQL --format parquet --output FILE`"
+        )
+
+
+def _params(params: Sequence[Any] | Mapping[str, Any] | None) -> Any:
+    if params is None:
+        return None
+    if isinstance(params, Mapping):
+        return dict(params)
+    if isinstance(params, (str, bytes)):
+        raise InvalidInputError("params must be a list of values or a mapping of names to values")
+    return list(params)
+
+
+def _first_lines(exc: BaseException, n: int = 6) -> str:
+    return "\n".join(str(exc).strip().splitlines()[:n])
+

@@ -1,0 +1,920 @@
+"""`vault verify`: prove that what is committed is still exactly what was sealed.
+
+A verify run checks, in this order:
+
+1. refs and journal, read together under the refs lock (after finishing any journal line a
+   crash cut off, which is reported as information): the hash chain, ``seq`` numbering and
+   canonical form of every journal line; every ref has exactly one journal line naming the same
+   commit, and every journal line has its ref;
+2. every commit reachable from the refs (and their parents): present, hashing to its name,
+   decodable, naming the specimen its ref is called after;
+3. every object a reachable tree names: present with the recorded size (``quick``) and, in full
+   mode, re-hashed to its name, on a thread pool (BLAKE3 releases the GIL, so both cores work);
+4. the working directories of committed specimens: every sealed file still there with the sealed
+   bytes (a file sharing the object's inode is covered by the object's check), nothing added;
+5. the object directory itself: files whose names are not digests of their bytes are strays;
+6. the catalog (``vault.duckdb``), when it exists, lists no commit the refs do not name
+   (one that merely lags behind the refs is information: ``vault index`` catches up).
+
+Garbage and work in progress are information, not problems: unreferenced objects (and what
+``vault gc`` would free), temp files, uncommitted working directories. Only problems make
+:attr:`VerifyReport.ok` false (``vault verify`` exits 1). The JSON form is documented in
+docs/integrity.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .atomic import TMP_SUFFIX, FileLock
+from .commit import Commit
+from .digest import Digest, hash_bytes, hash_file, is_digest
+from .errors import InvalidInputError, LockTimeoutError, NotFoundError
+from .ids import validate_id
+from .refs import GENESIS, JournalEntry
+from .workdir import INDEX_PATH, WorkingIndex, iter_files
+
+if TYPE_CHECKING:
+    from .objects import ObjectStore
+    from .vault import Vault
+
+__all__ = [
+    "INFO_KINDS",
+    "PROBLEM_KINDS",
+    "Finding",
+    "Progress",
+    "TempItem",
+    "VerifyReport",
+    "find_temp",
+    "read_journal",
+    "scan_objects",
+    "verify",
+    "walk_commits",
+    "working_index_digests",
+]
+
+#: Every kind of problem verify can report (each makes ``ok`` false); see docs/integrity.md.
+PROBLEM_KINDS = (
+    "corrupt_object",    # an object's bytes do not hash to its name
+    "missing_object",    # a tree entry's object is gone
+    "size_mismatch",     # an object's size differs from the size recorded in the tree
+    "missing_commit",    # a ref names a commit object that is gone
+    "bad_commit",        # a commit object that does not decode as a commit
+    "missing_parent",    # a commit names a parent commit that is gone
+    "bad_ref",           # a ref file that is not a valid id holding one digest
+    "ref_mismatch",      # a ref and its journal line (or its commit) disagree
+    "unjournaled_ref",   # a ref with no journal line and no intent file
+    "missing_ref",       # a journal line whose ref file is gone
+    "journal_broken",    # a journal line that is malformed, out of sequence or off the chain
+    "workdir_modified",  # a committed working file whose bytes differ from the commit
+    "workdir_missing",   # a committed working file that was deleted
+    "workdir_extra",     # a file added to a committed working directory after sealing
+    "stray_object",      # a file in objects/ whose name is not the digest of its bytes
+    "catalog_stale",     # vault.duckdb lists specimens with another commit or without a ref
+)
+
+#: Every kind of information item: garbage and work in progress, never damage.
+INFO_KINDS = (
+    "recovered_journal_entry",  # an interrupted commit's journal line, finished by this run
+    "unreferenced_objects",     # objects no ref reaches (count and bytes; gc frees them)
+    "temp_file",                # a crash leftover (file or directory); gc removes it
+    "uncommitted_workdir",      # a working directory that is not sealed yet
+    "workdir_absent",           # a committed specimen whose working directory was removed
+    "catalog_behind",           # committed specimens not indexed yet (`vault index` adds them)
+    "catalog_unchecked",        # vault.duckdb was busy, so it was not compared with the refs
+)
+
+#: ``progress(advance_bytes, total_bytes)``: called from the calling thread as hashing advances.
+Progress = Callable[[int, int], None]
+
+#: Files at least this large are hashed by BLAKE3's own threads (digest.hash_file), one at a time.
+_LARGE_FILE = 4 * 1024 * 1024
+
+_TEMP_PID_RE = re.compile(r"\A\..+\.(\d+)\.[0-9a-f]{32}\.tmp\Z")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem or information item of a verify run.
+
+    Attributes:
+        kind: one of :data:`PROBLEM_KINDS` or :data:`INFO_KINDS`.
+        message: what is wrong (or worth knowing) and what to do about it.
+        specimen: the specimen it touches, if any.
+        digest: the object or commit digest it touches, if any.
+        path: the file's path inside the specimen, if any.
+        file: the on-disk file it concerns, relative to the vault root, if any.
+        bytes: a byte count (information items: what gc would free).
+        count: an item count (information items that aggregate, e.g. unreferenced objects).
+    """
+
+    kind: str
+    message: str
+    specimen: str | None = None
+    digest: str | None = None
+    path: str | None = None
+    file: str | None = None
+    bytes: int | None = None
+    count: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable JSON form (every key present, None as null)."""
+        return {
+            "kind": self.kind, "message": self.message, "specimen": self.specimen,
+            "digest": self.digest, "path": self.path, "file": self.file,
+            "bytes": self.bytes, "count": self.count,
+        }
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The result of :func:`verify`.
+
+    Attributes:
+        mode: ``"full"`` (every byte re-hashed) or ``"quick"`` (existence and sizes).
+        specimens: the committed specimens checked.
+        problems: damage; empty when the vault is intact.
+        info: garbage and work in progress.
+        objects_checked: distinct objects checked (commits included).
+        bytes_hashed: bytes read and hashed.
+        seconds: wall time of the run.
+    """
+
+    mode: str
+    specimens: tuple[str, ...]
+    problems: tuple[Finding, ...]
+    info: tuple[Finding, ...]
+    objects_checked: int
+    bytes_hashed: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """True if no problem was found (information items do not count)."""
+        return not self.problems
+
+    def kinds(self) -> set[str]:
+        """The set of problem kinds found."""
+        return {p.kind for p in self.problems}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable ``vault verify --json`` form (schema in docs/integrity.md)."""
+        return {
+            "ok": self.ok, "mode": self.mode, "specimens": list(self.specimens),
+            "objects_checked": self.objects_checked, "bytes_hashed": self.bytes_hashed,
+            "seconds": round(self.seconds, 3),
+            "problems": [p.to_dict() for p in self.problems],
+            "info": [i.to_dict() for i in self.info],
+        }
+
+
+@dataclass(frozen=True)
+class TempItem:
+    """A temp file or directory left by a write (``.*.tmp``).
+
+    Attributes:
+        path: absolute path.
+        is_dir: a temp directory (scaffold or Zarr write in progress).
+        bytes: its size (a directory's files summed).
+        mtime: modification time (seconds since the epoch).
+        pid: the writing process, when the name records it.
+    """
+
+    path: Path
+    is_dir: bool
+    bytes: int
+    mtime: float
+    pid: int | None
+
+
+# -- journal -----------------------------------------------------------------------------------
+def read_journal(data: bytes) -> tuple[dict[str, JournalEntry], list[Finding]]:
+    """Parse and check a journal's bytes.
+
+    Args:
+        data: the whole journal file.
+
+    Returns:
+        ``(entries, problems)``: specimen id -> its (first) valid entry, and every
+        ``journal_broken`` problem (malformed line, wrong ``seq``, broken ``prev`` chain,
+        duplicate specimen, incomplete last line).
+    """
+    entries: dict[str, JournalEntry] = {}
+    problems: list[Finding] = []
+    lines = data.split(b"\n")
+    tail = lines.pop()
+    prev = GENESIS
+    for i, line in enumerate(lines):
+        lineno = i + 1
+        try:
+            e = JournalEntry.decode(line, lineno)
+        except InvalidInputError as exc:
+            problems.append(Finding(
+                "journal_broken", f"{exc}: the journal was edited by hand", file="journal"))
+            prev = hash_bytes(line)
+            continue
+        if e.seq != i:
+            problems.append(Finding(
+                "journal_broken",
+                f"journal line {lineno} has seq {e.seq}, expected {i}: a line was deleted, "
+                "inserted or moved", specimen=e.specimen_id, digest=e.commit, file="journal"))
+        if e.prev != prev:
+            problems.append(Finding(
+                "journal_broken",
+                f"journal line {lineno} does not chain to the line before it: that line was "
+                "edited, deleted or moved", specimen=e.specimen_id, digest=e.commit,
+                file="journal"))
+        prev = e.digest
+        if e.specimen_id in entries:
+            problems.append(Finding(
+                "journal_broken",
+                f"journal line {lineno} records {e.specimen_id} a second time (refs are created "
+                "once)", specimen=e.specimen_id, digest=e.commit, file="journal"))
+        else:
+            entries[e.specimen_id] = e
+    if tail:
+        problems.append(Finding(
+            "journal_broken", f"journal line {len(lines) + 1} is incomplete (no newline)",
+            file="journal"))
+    return entries, problems
+
+
+# -- commits -----------------------------------------------------------------------------------
+def walk_commits(
+    store: ObjectStore, starts: dict[Digest, str], required: Iterable[Digest] | None = None,
+    on_read: Callable[[int], None] | None = None,
+) -> tuple[dict[Digest, Commit], list[Finding]]:
+    """Load every commit reachable from ``starts`` through parents, checking each one.
+
+    Args:
+        store: the object store.
+        starts: commit digest -> the specimen (ref) it was reached from.
+        required: the starts whose absence is a problem (default: all); others are skipped
+            silently when missing (e.g. commits named only by the journal).
+        on_read: called with the size of every commit object read and hashed.
+
+    Returns:
+        ``(commits, problems)``: every commit that decoded (a commit whose bytes do not match
+        its digest is included when it still decodes, so its tree is checked too), and the
+        ``missing_commit``, ``missing_parent``, ``corrupt_object`` and ``bad_commit`` problems
+        found.
+    """
+    must = set(starts if required is None else required)
+    commits: dict[Digest, Commit] = {}
+    problems: list[Finding] = []
+    seen: set[Digest] = set()
+    missing: set[Digest] = set()
+    # (digest, specimen it is reached from, child specimen if reached as a parent); breadth
+    # first, so every start is met as a start before it is met as someone's parent.
+    queue: deque[tuple[Digest, str, str | None]] = deque((d, s, None) for d, s in starts.items())
+    while queue:
+        d, sid, child = queue.popleft()
+        rel = f"objects/{d[:2]}/{d}"
+        if d in missing and child is not None:
+            problems.append(Finding(
+                "missing_parent", f"parent commit {d} of {child} is missing from objects/; "
+                "restore it from a backup", specimen=child, digest=d, file=rel))
+        if d in seen:
+            continue
+        seen.add(d)
+        try:
+            data = store.path(d).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            missing.add(d)
+            if child is not None:
+                problems.append(Finding(
+                    "missing_parent", f"parent commit {d} of {child} is missing from objects/; "
+                    "restore it from a backup", specimen=child, digest=d, file=rel))
+            elif d in must:
+                problems.append(Finding(
+                    "missing_commit", f"commit {d} of {sid} is missing from objects/; restore it "
+                    "from a backup", specimen=sid, digest=d, file=rel))
+            continue
+        got = hash_bytes(data)
+        if on_read is not None:
+            on_read(len(data))
+        if got != d:
+            problems.append(Finding(
+                "corrupt_object", f"commit object {d} of {sid} was altered (its bytes hash to "
+                f"{got}); restore it from a backup", specimen=sid, digest=d, file=rel))
+        try:
+            c = Commit.from_bytes(data)
+        except InvalidInputError as exc:
+            problems.append(Finding(
+                "bad_commit", f"commit {d} of {sid} cannot be decoded: {exc}",
+                specimen=sid, digest=d, file=rel))
+            continue
+        commits[d] = c
+        for p in c.parents:
+            queue.append((p, c.specimen_id, c.specimen_id))
+    return commits, problems
+
+
+def working_index_digests(vault: Vault) -> set[Digest]:
+    """Digests recorded in the working indexes of every working directory.
+
+    These objects belong to specimens still being written (tensor chunks go straight into
+    ``objects/``), so they are live although no commit references them yet.
+    """
+    out: set[Digest] = set()
+    if not vault.specimens_dir.is_dir():
+        return out
+    for entry in os.scandir(vault.specimens_dir):
+        if entry.is_dir(follow_symlinks=False) and Path(entry.path, INDEX_PATH).is_file():
+            out.update(WorkingIndex(Path(entry.path)).load().values())
+    return out
+
+
+# -- object directory and temp files -----------------------------------------------------------
+@dataclass
+class ObjectScan:
+    """What is in ``objects/``: ``digests`` -> ``(size, mtime, inode, device)``, strays, temps."""
+
+    digests: dict[Digest, tuple[int, float, int, int]] = field(default_factory=dict)
+    strays: list[Path] = field(default_factory=list)
+    temps: list[TempItem] = field(default_factory=list)
+
+
+def _is_temp_name(name: str) -> bool:
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
+def _temp_item(path: Path, is_dir: bool) -> TempItem | None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None  # its writer finished (renamed or removed it) meanwhile
+    size = st.st_size if not is_dir else 0
+    if is_dir:
+        for dirpath, _, names in os.walk(path):
+            for n in names:
+                try:
+                    size += os.lstat(os.path.join(dirpath, n)).st_size
+                except FileNotFoundError:
+                    pass
+    m = _TEMP_PID_RE.match(path.name)
+    return TempItem(path, is_dir, size, st.st_mtime, int(m.group(1)) if m else None)
+
+
+def scan_objects(store: ObjectStore) -> ObjectScan:
+    """List ``objects/``: well-named objects with their stat, stray files, temp files.
+
+    A stray is anything that is not ``<aa>/<digest>`` with ``aa`` the digest's first two
+    characters (objects with a well-formed name are checked against their bytes elsewhere).
+    Hidden entries directly in ``objects/`` (``.gitkeep``) are ignored.
+    """
+    scan = ObjectScan()
+    if not store.root.is_dir():
+        return scan
+    for fan in os.scandir(store.root):
+        if _is_temp_name(fan.name):
+            item = _temp_item(Path(fan.path), fan.is_dir(follow_symlinks=False))
+            if item:
+                scan.temps.append(item)
+            continue
+        if fan.name.startswith("."):
+            continue  # .gitkeep and the like: no digest can name a hidden file
+        if not fan.is_dir(follow_symlinks=False) or not re.fullmatch(r"[0-9a-f]{2}", fan.name):
+            scan.strays.append(Path(fan.path))
+            continue
+        for entry in os.scandir(fan.path):
+            if _is_temp_name(entry.name):
+                item = _temp_item(Path(entry.path), entry.is_dir(follow_symlinks=False))
+                if item:
+                    scan.temps.append(item)
+            elif (is_digest(entry.name) and entry.name[:2] == fan.name
+                  and entry.is_file(follow_symlinks=False)):
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed by a concurrent gc
+                scan.digests[Digest(entry.name)] = (st.st_size, st.st_mtime, st.st_ino, st.st_dev)
+            else:
+                scan.strays.append(Path(entry.path))
+    return scan
+
+
+#: The vault directories where writes leave temp files (``objects/`` is scanned on its own).
+TEMP_DIRS = ("tmp", "refs", "locks", "specimens")
+
+
+def find_temp(root: Path) -> list[TempItem]:
+    """Find temp files and directories (``.*.tmp``) a crash left in a vault.
+
+    They are left where a write was interrupted: the vault root (marker, catalog), ``tmp/``,
+    ``refs/``, ``locks/pending/``, ``specimens/`` (scaffolds) and inside working directories
+    (results, Zarr writes). Only those places are searched: a vault may share its directory
+    with other things (a git checkout), whose temp files are not ours.
+    """
+    items: list[TempItem] = []
+    if root.is_dir():
+        for entry in os.scandir(root):
+            if _is_temp_name(entry.name):
+                item = _temp_item(Path(entry.path), entry.is_dir(follow_symlinks=False))
+                if item:
+                    items.append(item)
+    for sub in TEMP_DIRS:
+        items.extend(_find_temp_below(root / sub))
+    return items
+
+
+def _find_temp_below(top: Path) -> list[TempItem]:
+    items: list[TempItem] = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        keep = []
+        for d in dirnames:
+            if _is_temp_name(d):
+                item = _temp_item(Path(dirpath, d), True)
+                if item:
+                    items.append(item)
+            else:
+                keep.append(d)
+        dirnames[:] = keep
+        for n in filenames:
+            if _is_temp_name(n):
+                item = _temp_item(Path(dirpath, n), False)
+                if item:
+                    items.append(item)
+    return items
+
+
+# -- the run -----------------------------------------------------------------------------------
+@dataclass
+class _Ref:
+    """Where an object is used: specimen, tree path and the size its tree records."""
+
+    specimen: str
+    path: str
+    size: int
+
+
+class _Checker:
+    """One verify run; collects findings as it goes."""
+
+    def __init__(self, vault: Vault, quick: bool, progress: Progress | None) -> None:
+        self.vault = vault
+        self.quick = quick
+        self.progress = progress
+        self.problems: list[Finding] = []
+        self.info: list[Finding] = []
+        self.bytes_hashed = 0
+
+    def rel(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.vault.root).as_posix()
+        except ValueError:
+            return str(path)
+
+    # refs and journal -------------------------------------------------------------------------
+    def snapshot(self) -> tuple[dict[str, bytes], bytes, set[str]]:
+        """Finish interrupted journal lines, then read refs, journal and intents atomically."""
+        refs = self.vault.refs
+        for sid in refs.recover():
+            self.info.append(Finding(
+                "recovered_journal_entry", f"finished the journal line of {sid}, whose commit "
+                "was interrupted after its ref was created", specimen=sid, file="journal"))
+        # Under the refs lock no commit is between creating a ref and journaling it.
+        with FileLock(refs.lock_path):
+            raw = {name: refs.read_raw(name) or b"" for name in refs.names()}
+            try:
+                journal = refs.journal.read_bytes()
+            except FileNotFoundError:
+                journal = b""
+            intents = (set(os.listdir(refs.pending_dir)) if refs.pending_dir.is_dir() else set())
+        return raw, journal, intents
+
+    def check_refs(
+        self, raw: dict[str, bytes], entries: dict[str, JournalEntry], intents: set[str],
+        scope: set[str] | None, damaged_journal: bool,
+    ) -> dict[str, Digest]:
+        """Compare refs with the journal; return the well-formed refs in scope."""
+        good: dict[str, Digest] = {}
+        for name, data in raw.items():
+            if scope is not None and name not in scope:
+                continue
+            try:
+                validate_id(name)
+            except InvalidInputError:
+                self.problems.append(Finding(
+                    "bad_ref", f"refs/{name} is not a valid specimen id; it was not made by "
+                    "cas-vault: remove it", file=f"refs/{name}"))
+                continue
+            text = data.decode("ascii", "replace")
+            if not (text.endswith("\n") and is_digest(text[:-1])):
+                self.problems.append(Finding(
+                    "bad_ref", f"ref {name} does not hold a commit digest (was it edited?); the "
+                    "journal records what it held", specimen=name, file=f"refs/{name}"))
+                continue
+            d = Digest(text[:-1])
+            good[name] = d
+            e = entries.get(name)
+            if e is None:
+                if name in intents:
+                    why = ("its intent file is still there, but the journal is damaged so it "
+                           "could not be finished")
+                elif damaged_journal:
+                    why = "its line may be one of the damaged journal lines"
+                else:
+                    why = "the journal line was deleted, or the ref was added by hand"
+                self.problems.append(Finding(
+                    "unjournaled_ref", f"ref {name} -> {d} has no journal line: {why}",
+                    specimen=name, digest=d, file=f"refs/{name}"))
+            elif e.commit != d:
+                self.problems.append(Finding(
+                    "ref_mismatch", f"ref {name} points to {d} but the journal recorded "
+                    f"{e.commit} (line {e.seq + 1}): the ref or the journal was edited",
+                    specimen=name, digest=d, file=f"refs/{name}"))
+        for name, e in entries.items():
+            if (scope is None or name in scope) and name not in raw:
+                self.problems.append(Finding(
+                    "missing_ref", f"the journal records {name} -> {e.commit} (line {e.seq + 1}) "
+                    f"but refs/{name} is missing: recreate it with that digest",
+                    specimen=name, digest=e.commit, file=f"refs/{name}"))
+        return good
+
+    # objects ----------------------------------------------------------------------------------
+    def hash_many(self, jobs: Sequence[tuple[Path, int]]) -> list[Digest | OSError | None]:
+        """Hash files using both cores: a digest, None for a file that vanished, or the error
+        that kept a file from being read (permissions, I/O errors of a failing disk).
+
+        Large files are hashed one at a time in this thread, each by BLAKE3's own threads over
+        an mmap (two of them at once would only fight for the cores); small files go to a
+        thread pool in batches meanwhile (BLAKE3 and file reads release the GIL).
+        """
+        total = sum(size for _, size in jobs)
+        results: list[Digest | OSError | None] = [None] * len(jobs)
+
+        def one(job: tuple[Path, int]) -> Digest | OSError | None:
+            try:
+                return hash_file(job[0])[0]
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                return exc
+
+        def batch(indices: list[int]) -> list[tuple[int, Digest | OSError | None]]:
+            return [(i, one(jobs[i])) for i in indices]
+
+        def advance(size: int) -> None:
+            self.bytes_hashed += size
+            if self.progress is not None:
+                self.progress(size, total)
+
+        large = [i for i, (_, size) in enumerate(jobs) if size >= _LARGE_FILE]
+        batches: list[list[int]] = []
+        current: list[int] = []
+        current_bytes = 0
+        for i, (_, size) in enumerate(jobs):
+            if size >= _LARGE_FILE:
+                continue
+            current.append(i)
+            current_bytes += size
+            if len(current) >= 64 or current_bytes >= _LARGE_FILE:
+                batches.append(current)
+                current, current_bytes = [], 0
+        if current:
+            batches.append(current)
+        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+            futures = [pool.submit(batch, b) for b in batches]
+            for i in large:
+                results[i] = one(jobs[i])
+                advance(jobs[i][1])
+            for future in as_completed(futures):
+                for i, got in future.result():
+                    results[i] = got
+                    advance(jobs[i][1])
+        return results
+
+    def check_objects(
+        self, uses: dict[Digest, list[_Ref]], scan: ObjectScan | None, walked: set[Digest],
+    ) -> dict[Digest, tuple[int, int] | None]:
+        """Check tree objects, and in full mode every other object of ``scan`` not in ``walked``.
+
+        Returns:
+            digest -> ``(inode, device)`` for intact tree objects, None for damaged ones.
+        """
+        store = self.vault.objects
+        state: dict[Digest, tuple[int, int] | None] = {}
+        to_hash: list[tuple[Digest, Path, int]] = []
+        for d, refs in uses.items():
+            path = store.path(d)
+            rel = f"objects/{d[:2]}/{d}"
+            try:
+                st = path.stat()
+            except (FileNotFoundError, NotADirectoryError):
+                state[d] = None
+                for r in refs:
+                    self.problems.append(Finding(
+                        "missing_object", f"object {d} ({r.path} of {r.specimen}) is missing "
+                        "from objects/; restore it from a backup", specimen=r.specimen, digest=d,
+                        path=r.path, file=rel))
+                continue
+            wrong = [r for r in refs if r.size != st.st_size]
+            for r in wrong:
+                self.problems.append(Finding(
+                    "size_mismatch", f"object {d} ({r.path} of {r.specimen}) is {st.st_size} "
+                    f"bytes but was sealed with {r.size}: it was truncated or overwritten",
+                    specimen=r.specimen, digest=d, path=r.path, file=rel))
+            state[d] = None if wrong else (st.st_ino, st.st_dev)
+            if not self.quick and not wrong:
+                to_hash.append((d, path, st.st_size))
+        # Unreferenced objects are hashed too in full mode: a wrong one is a stray.
+        extra: list[tuple[Digest, Path, int]] = []
+        if scan is not None and not self.quick:
+            extra = [(d, store.path(d), v[0]) for d, v in scan.digests.items()
+                     if d not in uses and d not in walked]
+        jobs = to_hash + extra
+        results = self.hash_many([(p, s) for _, p, s in jobs])
+        for (d, path, _), got in zip(jobs, results, strict=True):
+            if isinstance(got, OSError):
+                for r in uses.get(d, []):
+                    state[d] = None
+                    self.problems.append(Finding(
+                        "corrupt_object", f"object {d} ({r.path} of {r.specimen}) cannot be "
+                        f"read ({got.strerror or got}); restore it from a backup", digest=d,
+                        specimen=r.specimen, path=r.path, file=self.rel(path)))
+                if d not in uses:
+                    self.problems.append(Finding(
+                        "stray_object", f"objects/{d[:2]}/{d} cannot be read "
+                        f"({got.strerror or got}); no commit uses it, so remove it", digest=d,
+                        file=self.rel(path)))
+                continue
+            if got is None or got == d:
+                if got is None and d in uses and not path.exists():
+                    state[d] = None
+                    for r in uses[d]:
+                        self.problems.append(Finding(
+                            "missing_object", f"object {d} ({r.path} of {r.specimen}) "
+                            "disappeared during verify", specimen=r.specimen, digest=d,
+                            path=r.path, file=self.rel(path)))
+                continue
+            if d in uses:
+                state[d] = None
+                for r in uses[d]:
+                    self.problems.append(Finding(
+                        "corrupt_object", f"object {d} ({r.path} of {r.specimen}) was altered: "
+                        f"its bytes hash to {got}; restore it from a backup or from an intact "
+                        "copy of the file", specimen=r.specimen, digest=d, path=r.path,
+                        file=self.rel(path)))
+            else:
+                self.problems.append(Finding(
+                    "stray_object", f"objects/{d[:2]}/{d} holds bytes that hash to {got}: it "
+                    "was not written by cas-vault or was altered; no commit uses it, so remove it",
+                    digest=d, file=self.rel(path)))
+        return state
+
+    # working directories ---------------------------------------------------------------------
+    def check_workdir(
+        self, sid: str, commit: Commit, state: dict[Digest, tuple[int, int] | None],
+        hash_jobs: list[tuple[str, str, Digest, Path, int]],
+    ) -> None:
+        wd = self.vault.specimens_dir / sid
+        if not wd.is_dir():
+            self.info.append(Finding(
+                "workdir_absent", f"committed specimen {sid} has no working directory; its "
+                f"files are safe in objects/ (`vault checkout {sid} DEST` copies them out)",
+                specimen=sid, file=f"specimens/{sid}"))
+            return
+        files: set[str] = set()
+        complete = True
+        try:
+            for rel in iter_files(wd):
+                files.add(rel)
+        except InvalidInputError as exc:
+            complete = False
+            self.problems.append(Finding(
+                "workdir_extra", f"committed specimen {sid}: {exc}", specimen=sid,
+                file=f"specimens/{sid}"))
+        indexed = WorkingIndex(wd).load()
+        for rel, entry in commit.tree.items():
+            where = f"specimens/{sid}/{rel}"
+            if rel not in files:
+                # Files written straight into objects/ may exist only in the working index.
+                if complete and indexed.get(rel) != entry.digest:
+                    self.problems.append(Finding(
+                        "workdir_missing", f"{where} was sealed in {sid} but was deleted from "
+                        "the working directory (the sealed copy is intact in objects/)",
+                        specimen=sid, digest=entry.digest, path=rel, file=where))
+                continue
+            try:
+                st = (wd / rel).stat()
+            except FileNotFoundError:
+                continue
+            obj = state.get(entry.digest)
+            same_inode = obj is not None and obj == (st.st_ino, st.st_dev)
+            if same_inode:
+                continue  # it IS the object, and the object checked out intact
+            if not self._inode_is_object(entry.digest, st):
+                if st.st_size != entry.size:
+                    self.problems.append(Finding(
+                        "workdir_modified", f"{where} was changed after {sid} was sealed "
+                        f"({st.st_size} bytes, sealed {entry.size}); committed specimens never "
+                        "change: create a new specimen for new results", specimen=sid,
+                        digest=entry.digest, path=rel, file=where))
+                elif not self.quick:
+                    hash_jobs.append((sid, rel, entry.digest, wd / rel, st.st_size))
+            else:
+                # Same inode as a damaged object: edited in place, the object changed with it.
+                self.problems.append(Finding(
+                    "workdir_modified", f"{where} was edited in place after {sid} was sealed; "
+                    "it shares its inode with the sealed object, which changed too", specimen=sid,
+                    digest=entry.digest, path=rel, file=where))
+        for rel in sorted(files - set(commit.tree)):
+            self.problems.append(Finding(
+                "workdir_extra", f"specimens/{sid}/{rel} was added after {sid} was sealed; "
+                "committed specimens never change: move it to a new specimen", specimen=sid,
+                path=rel, file=f"specimens/{sid}/{rel}"))
+
+    def _inode_is_object(self, digest: Digest, st: os.stat_result) -> bool:
+        try:
+            ost = self.vault.objects.path(digest).stat()
+        except FileNotFoundError:
+            return False
+        return (ost.st_ino, ost.st_dev) == (st.st_ino, st.st_dev)
+
+    def hash_workdirs(self, jobs: list[tuple[str, str, Digest, Path, int]]) -> None:
+        results = self.hash_many([(p, s) for *_, p, s in jobs])
+        for (sid, rel, d, _, _), got in zip(jobs, results, strict=True):
+            where = f"specimens/{sid}/{rel}"
+            if isinstance(got, OSError):
+                self.problems.append(Finding(
+                    "workdir_modified", f"{where} cannot be read ({got.strerror or got}), so it "
+                    f"cannot be shown to hold what {sid} sealed", specimen=sid, digest=d,
+                    path=rel, file=where))
+            elif got is not None and got != d:
+                self.problems.append(Finding(
+                    "workdir_modified", f"{where} was changed after {sid} was sealed (its bytes "
+                    f"hash to {got}); committed specimens never change: create a new specimen "
+                    "for new results", specimen=sid, digest=d, path=rel, file=where))
+
+    # garbage ---------------------------------------------------------------------------------
+    def report_garbage(self, scan: ObjectScan, live: set[Digest], refs: set[str]) -> None:
+        unref = [(d, v[0]) for d, v in scan.digests.items() if d not in live]
+        if unref:
+            total = sum(s for _, s in unref)
+            self.info.append(Finding(
+                "unreferenced_objects", f"{len(unref)} objects ({total} bytes) are not used by "
+                "any commit or working directory; `vault gc` frees those older than its grace "
+                "period", bytes=total, count=len(unref)))
+        for p in scan.strays:
+            self.problems.append(Finding(
+                "stray_object", f"{self.rel(p)} is not named by a digest: it was not written "
+                "by cas-vault; move it out of objects/", file=self.rel(p)))
+        for t in sorted(scan.temps + find_temp(self.vault.root), key=lambda t: str(t.path)):
+            self.info.append(Finding(
+                "temp_file", f"{self.rel(t.path)} is a temp {'directory' if t.is_dir else 'file'}"
+                " left by an interrupted write (`vault gc` removes it)", file=self.rel(t.path),
+                bytes=t.bytes))
+        if self.vault.specimens_dir.is_dir():
+            for entry in sorted(os.scandir(self.vault.specimens_dir), key=lambda e: e.name):
+                if (entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")
+                        and entry.name not in refs):
+                    self.info.append(Finding(
+                        "uncommitted_workdir", f"specimens/{entry.name} is not committed yet "
+                        f"(seal it with `vault commit {entry.name}`)", specimen=entry.name,
+                        file=f"specimens/{entry.name}"))
+
+    def check_catalog(self, indexed: dict[str, str], refs: dict[str, Digest]) -> None:
+        """Compare the catalog (read before the refs) with the refs."""
+        # The catalog is read first and a commit indexes itself only after creating its ref, so
+        # a listed specimen without its ref, or with another commit, is a real disagreement.
+        wrong = sorted(sid for sid, d in indexed.items() if refs.get(sid) != d)
+        if wrong:
+            more = " ..." if len(wrong) > 5 else ""
+            self.problems.append(Finding(
+                "catalog_stale", f"catalog stale: run vault index ({len(wrong)} specimen(s) "
+                f"listed in vault.duckdb with another commit or without a ref: "
+                f"{', '.join(wrong[:5])}{more})", file="vault.duckdb", count=len(wrong)))
+        # Commits not indexed yet (a commit killed before its catalog update, or one that lost
+        # the race for the catalog's lock) only make the catalog lag; the next `vault query`
+        # or `vault index` adds them.
+        missing = sorted(sid for sid in refs if sid not in indexed)
+        if missing:
+            more = " ..." if len(missing) > 5 else ""
+            self.info.append(Finding(
+                "catalog_behind", f"{len(missing)} committed specimen(s) are not in the catalog "
+                f"yet ({', '.join(missing[:5])}{more}); `vault index` (or the next `vault "
+                "query`) adds them", file="vault.duckdb", count=len(missing)))
+
+
+#: Seconds verify waits for a process writing the catalog before skipping the catalog check.
+CATALOG_TIMEOUT = 10.0
+
+
+def catalog_commits(vault: Vault) -> dict[str, str] | None:
+    """specimen id -> commit digest as the catalog records them; None without a catalog.
+
+    Raises:
+        LockTimeoutError: if another process kept the catalog open for writing too long.
+    """
+    if not vault.catalog_path.exists():
+        return None  # derived data: no catalog is not a problem
+    from .catalog import indexed_commits
+
+    return dict(indexed_commits(vault, timeout=CATALOG_TIMEOUT))
+
+
+def verify(
+    vault: Vault, specimen_ids: Sequence[str] = (), *, quick: bool = False,
+    progress: Progress | None = None,
+) -> VerifyReport:
+    """Check a vault (or some of its specimens); see the module docstring for what is checked.
+
+    Args:
+        vault: the vault.
+        specimen_ids: check only these committed specimens (their commits, ancestors' commits,
+            objects and working directories); empty: everything, including strays and garbage.
+        quick: check existence and sizes only, without re-hashing bytes.
+        progress: called with ``(advance_bytes, total_bytes)`` while hashing.
+
+    Returns:
+        The report; ``report.ok`` is False if any problem was found.
+
+    Raises:
+        InvalidIdError: for a malformed id.
+        NotFoundError: for an id that has neither a ref nor a journal line.
+    """
+    started = time.perf_counter()
+    chk = _Checker(vault, quick, progress)
+    scope = {validate_id(s) for s in specimen_ids} or None
+    indexed: dict[str, str] | None = None
+    if scope is None:
+        try:
+            indexed = catalog_commits(vault)
+        except LockTimeoutError:
+            chk.info.append(Finding(
+                "catalog_unchecked", "the catalog was busy (another process is writing it); "
+                "it was not compared with the refs", file="vault.duckdb"))
+    raw, journal, intents = chk.snapshot()
+    entries, journal_problems = read_journal(journal)
+    chk.problems.extend(journal_problems)
+    if scope is not None:
+        unknown = sorted(s for s in scope if s not in raw and s not in entries)
+        if unknown:
+            raise NotFoundError(
+                f"no committed specimen {', '.join(unknown)} in {vault.root}; "
+                "`vault log` lists them"
+            )
+    refs = chk.check_refs(raw, entries, intents, scope, bool(journal_problems))
+    # Commits whose ref is gone are still checked (and kept by gc) through their journal line.
+    starts: dict[Digest, str] = {d: sid for sid, d in refs.items()}
+    for sid, e in entries.items():
+        if (scope is None or sid in scope) and sid not in raw:
+            starts.setdefault(e.commit, sid)
+    def count(n: int) -> None:
+        chk.bytes_hashed += n
+
+    commits, commit_problems = walk_commits(vault.objects, starts, on_read=count)
+    chk.problems.extend(commit_problems)
+
+    uses: dict[Digest, list[_Ref]] = {}
+    for c in commits.values():
+        for rel, entry in c.tree.items():
+            uses.setdefault(entry.digest, []).append(_Ref(c.specimen_id, rel, entry.size))
+    scan = scan_objects(vault.objects) if scope is None else None
+    walked: set[Digest] = set(commits) | {Digest(p.digest) for p in commit_problems if p.digest}
+    state = chk.check_objects(uses, scan, walked)
+
+    hash_jobs: list[tuple[str, str, Digest, Path, int]] = []
+    for sid, d in sorted(refs.items()):
+        sealed = commits.get(d)
+        if sealed is None:
+            continue
+        if sealed.specimen_id != sid:
+            chk.problems.append(Finding(
+                "ref_mismatch", f"ref {sid} points to commit {d}, which seals specimen "
+                f"{sealed.specimen_id}: the ref was edited or added by hand", specimen=sid,
+                digest=d, file=f"refs/{sid}"))
+            continue
+        chk.check_workdir(sid, sealed, state, hash_jobs)
+    chk.hash_workdirs(hash_jobs)
+
+    if scan is not None:
+        live = set(commits) | set(uses) | working_index_digests(vault)
+        chk.report_garbage(scan, live, set(raw))
+        if indexed is not None:
+            chk.check_catalog(indexed, refs)
+    specimens = tuple(sorted(refs))
+    checked = len(set(uses) | set(commits) | (set(scan.digests) if scan else set()))
+    return VerifyReport(
+        mode="quick" if quick else "full", specimens=specimens,
+        problems=tuple(_dedupe(chk.problems)), info=tuple(chk.info),
+        objects_checked=checked, bytes_hashed=chk.bytes_hashed,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _dedupe(items: Iterable[Finding]) -> Iterator[Finding]:
+    seen: set[Finding] = set()
+    for f in items:
+        if f not in seen:
+            seen.add(f)
+            yield f

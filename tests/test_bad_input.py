@@ -1,0 +1,267 @@
+"""Bad input corpus: every case gives a clear error (exit 2 on the CLI), writes nothing, and
+leaves ``vault verify`` clean.
+
+Cases: hostile and look-alike specimen ids; malformed, truncated, oversized and mistyped msgpack
+manifests; ragged, empty and untypeable metric columns; object and string dtype tensors; and
+objects whose bytes do not match the digest they arrive with.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import blake3
+import msgpack
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cas_vault import SpecimenStorage, Vault
+from cas_vault.canonical import MAX_DOCUMENT_BYTES
+from cas_vault.catalog import release_writer
+from cas_vault.cli import cli
+from cas_vault.errors import ChecksumMismatch, InvalidIdError, InvalidInputError, VaultError
+from cas_vault.workdir import WorkingIndex
+
+BAD_IDS = {
+    "parent_dir": "../escape",
+    "nested_parent": "a/../../b",
+    "slash": "a/b",
+    "absolute": "/etc/passwd",
+    "nul": "abc\x00def",
+    "long": "x" * 10_000,
+    "fullwidth_s": "\uff53pecimen",  # 'ｓpecimen'
+    "cyrillic_a": "sp\u0435cimen_\u0430",  # Cyrillic 'е' and 'а'
+    "empty": "",
+    "dot": ".",
+    "dotdot": "..",
+    "hidden": ".hidden",
+    "option": "-rf",
+    "space": "my specimen",
+    "newline": "a\nb",
+    "backslash": "a\\b",
+}
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file and directory under the vault (lock files aside): path -> (size, mtime_ns)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            rel = p.relative_to(root).as_posix()
+            if rel.startswith("locks/") and rel.endswith(".lock"):
+                continue  # flock files are created on first use and hold nothing
+            st = p.lstat()
+            out[rel] = (st.st_size if p.is_file() else 0, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture
+def v(tmp_path: Path) -> Vault:
+    vault = Vault.init(tmp_path / "vault")
+    s = SpecimenStorage(vault.new("good", domain="training", method="fine_tuning"))
+    s.write_metrics({"step": [0, 1, 2], "loss": [0.3, 0.2, 0.1]})
+    vault.commit("good", message="baseline")
+    # Close the catalog writer now, not on its idle timer in the middle of a snapshot.
+    release_writer(vault.root)
+    return vault
+
+
+def invoke(v: Vault, *args: str):
+    return CliRunner().invoke(cli, ["--vault", str(v.root), *args])
+
+
+def assert_clean(v: Vault) -> None:
+    report = v.verify()
+    assert report.ok, [p.message for p in report.problems]
+    assert report.specimens == ("good",)
+
+
+# -- ids ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", sorted(BAD_IDS))
+def test_bad_ids_are_refused_everywhere(v: Vault, case: str) -> None:
+    bad = BAD_IDS[case]
+    before = snapshot(v.root)
+    calls = [
+        lambda: v.new(bad, domain="training", method="fine_tuning"),
+        lambda: v.commit(bad),
+        lambda: v.show(bad),
+        lambda: v.checkout(bad, v.root.parent / "out"),
+        lambda: v.verify([bad]),
+        lambda: v.new("child", domain="training", method="fine_tuning", parents=[bad]),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidIdError) as info:
+            call()
+        assert "specimen id" in str(info.value)
+    assert snapshot(v.root) == before
+    cli_calls = [
+        ["new", bad, "--domain", "training", "--method", "fine_tuning"],
+        ["commit", bad, "-m", "x"],
+        ["show", bad],
+        ["log", bad],
+        ["verify", bad],
+        ["checkout", bad, str(v.root.parent / "out")],
+        ["new", "child", "--domain", "training", "--method", "fine_tuning", "--parent", bad],
+    ]
+    for args in cli_calls:
+        result = invoke(v, *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "error" in result.output.lower() and "Traceback" not in result.output
+    assert snapshot(v.root) == before
+    assert not (v.root.parent / "out").exists()
+    assert_clean(v)
+
+
+# -- manifests ---------------------------------------------------------------------------------
+def _manifest(**over) -> dict:
+    m = {"specimen_id": "wip", "domain": "training", "method": "fine_tuning", "model": None,
+         "tags": [], "parents": [], "created": "2024-12-19T10:00:00.000000Z", "metadata": {}}
+    m.update(over)
+    return m
+
+
+MANIFESTS = {
+    "garbage": b"\xc1\xc1\xc1 not msgpack",
+    "empty_file": b"",
+    "truncated": msgpack.packb(_manifest())[:-5],
+    "trailing_data": msgpack.packb(_manifest()) + b"\x00",
+    "not_a_map": msgpack.packb([1, 2, 3]),
+    "int_keys": msgpack.packb({1: "training"}),
+    "missing_domain": msgpack.packb({k: v for k, v in _manifest().items() if k != "domain"}),
+    "bad_taxonomy": msgpack.packb(_manifest(domain="astrology", method="tarot")),
+    "tags_not_list": msgpack.packb(_manifest(tags=5)),
+    "parents_not_list": msgpack.packb(_manifest(parents="good")),
+    "parent_escape": msgpack.packb(_manifest(parents=["../good"])),
+    "metadata_not_map": msgpack.packb(_manifest(metadata=[1])),
+    "model_not_string": msgpack.packb(_manifest(model=42)),
+    "ext_type": msgpack.packb(_manifest(metadata={"x": msgpack.ExtType(5, b"zz")})),
+    "deep_nesting": b"\x91" * 100_000 + b"\xc0",
+}
+
+
+@pytest.mark.parametrize("case", [*sorted(MANIFESTS), "oversized"])
+def test_bad_manifest_is_refused_and_nothing_is_written(v: Vault, case: str) -> None:
+    wd = v.new("wip", domain="training", method="fine_tuning")
+    SpecimenStorage(wd).write_metrics({"x": [1.0, 2.0]})
+    manifest = wd / "manifest.msgpack"
+    if case == "oversized":
+        # A bin document just over the limit (metadata, not data, belongs in manifests).
+        with open(manifest, "wb") as f:
+            f.write(b"\xc6" + (MAX_DOCUMENT_BYTES + 1).to_bytes(4, "big"))
+            f.truncate(MAX_DOCUMENT_BYTES + 6)
+    else:
+        manifest.write_bytes(MANIFESTS[case])
+    before = snapshot(v.root)
+    with pytest.raises(VaultError) as info:
+        v.commit("wip", message="should not seal")
+    assert isinstance(info.value, InvalidInputError) and info.value.exit_code == 2
+    assert str(info.value)
+    result = invoke(v, "commit", "wip", "-m", "should not seal")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert snapshot(v.root) == before
+    assert v.refs.get("wip") is None
+    assert_clean(v)
+
+
+# -- metrics -----------------------------------------------------------------------------------
+BAD_METRICS = {
+    "ragged": {"step": [0, 1, 2], "loss": [0.5, 0.4]},
+    "ragged_numpy": {"step": np.arange(5), "loss": np.zeros(4)},
+    "no_columns": {},
+    "scalar_column": {"loss": 0.5},
+    "non_string_name": {1: [1, 2]},
+    "objects": {"x": [object(), object()]},
+    "not_a_table": [1, 2, 3],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_METRICS))
+def test_bad_metrics_are_refused_before_writing(v: Vault, case: str) -> None:
+    wd = v.new("wip", domain="training", method="fine_tuning")
+    before = snapshot(v.root)
+    with pytest.raises(InvalidInputError):
+        SpecimenStorage(wd).write_metrics(BAD_METRICS[case])  # type: ignore[arg-type]
+    assert snapshot(v.root) == before
+    assert not (wd / "strata" / "metrics.parquet").exists()
+    assert_clean(v)
+
+
+def test_nan_and_inf_metrics_are_kept_as_values(v: Vault) -> None:
+    wd = v.new("wip", domain="training", method="fine_tuning")
+    values = [float("nan"), float("inf"), float("-inf"), 1.5]
+    SpecimenStorage(wd).write_metrics({"step": [0, 1, 2, 3], "loss": values})
+    v.commit("wip", message="non-finite values")
+    got = v.specimen("wip").read_metrics()["loss"].to_list()
+    assert math.isnan(got[0]) and got[1:] == values[1:]
+    report = v.verify()
+    assert report.ok and report.specimens == ("good", "wip")
+
+
+# -- tensors -----------------------------------------------------------------------------------
+BAD_TENSORS = {
+    "object_dtype": np.array([{"a": 1}, None], dtype=object),
+    "string_dtype": np.array(["a", "bc"]),
+    "bytes_dtype": np.array([b"a", b"bc"]),
+    "datetime": np.array(["2024-01-01"], dtype="datetime64[D]"),
+    "not_an_array": [[1, 2], [3, 4]],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TENSORS))
+def test_bad_tensors_are_refused_before_writing(v: Vault, case: str) -> None:
+    wd = v.new("wip", domain="training", method="fine_tuning")
+    before = snapshot(v.root)
+    with pytest.raises(InvalidInputError) as info:
+        SpecimenStorage(wd).write_tensors("acts", BAD_TENSORS[case])  # type: ignore[arg-type]
+    assert "tensor" in str(info.value) or "dtype" in str(info.value)
+    assert snapshot(v.root) == before
+    assert_clean(v)
+
+
+# -- objects whose bytes do not match their name ------------------------------------------------
+def test_put_bytes_with_wrong_expected_digest_writes_nothing(v: Vault) -> None:
+    data = b"the bytes that arrive"
+    wrong = blake3.blake3(b"what the sender claimed").hexdigest()
+    before = snapshot(v.root)
+    with pytest.raises(ChecksumMismatch) as info:
+        v.objects.put_bytes(data, expected=wrong)
+    assert info.value.expected == wrong
+    assert info.value.got == blake3.blake3(data).hexdigest()
+    assert snapshot(v.root) == before
+    assert not v.objects.has(wrong) and not v.objects.has(info.value.got)
+    with pytest.raises(InvalidInputError):
+        v.objects.put_bytes(data, expected="not-a-digest")
+    assert snapshot(v.root) == before
+    assert_clean(v)
+
+
+def test_a_lying_working_index_cannot_name_an_object(v: Vault) -> None:
+    # The working index claims metrics.parquet is an object it is not: commit re-hashes it.
+    wd = v.new("wip", domain="training", method="fine_tuning")
+    SpecimenStorage(wd).write_metrics({"x": [1.0, 2.0]})
+    existing = v.get("good").tree["strata/metrics.parquet"].digest
+    WorkingIndex(wd).update({"strata/metrics.parquet": existing})
+    v.commit("wip")
+    entry = v.get("wip").tree["strata/metrics.parquet"]
+    real = blake3.blake3((wd / "strata" / "metrics.parquet").read_bytes()).hexdigest()
+    assert entry.digest == real != existing
+    assert v.verify().ok
+
+
+def test_put_file_with_a_wrong_known_digest_stores_the_true_one(v: Vault, tmp_path: Path) -> None:
+    src = v.root / "tmp" / "incoming.bin"
+    src.parent.mkdir(exist_ok=True)
+    src.write_bytes(b"incoming file")
+    wrong = blake3.blake3(b"claimed").hexdigest()
+    digest, size = v.objects.put_file(src, known=wrong)
+    assert digest == blake3.blake3(b"incoming file").hexdigest() and size == 13
+    assert not v.objects.has(wrong)
+    src.unlink()
+    report = v.verify()
+    assert report.ok
+    assert [i.count for i in report.info if i.kind == "unreferenced_objects"] == [1]
