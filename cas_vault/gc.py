@@ -166,6 +166,8 @@ def live_roots(vault: Vault) -> tuple[dict[Digest, str], set[Digest]]:
         starts.setdefault(e.commit, e.specimen_id)
     if refs.pending_dir.is_dir():
         for name in os.listdir(refs.pending_dir):
+            if name.startswith("."):
+                continue  # a temp file of an intent write, not an intent
             try:
                 text = (refs.pending_dir / name).read_text("ascii").strip()
             except (OSError, UnicodeDecodeError):
@@ -221,7 +223,7 @@ def gc(
         scan = scan_objects(vault.objects)
         removed_objects = removed_bytes = recent_objects = recent_bytes = 0
         touched: set[Path] = set()
-        for d, (size, mtime, _, _) in sorted(scan.digests.items()):
+        for d, (size, mtime, _) in sorted(scan.digests.items()):
             if d in live:
                 continue
             if grace > 0 and now - mtime < grace:  # grace 0 means all, whatever the clocks say

@@ -128,7 +128,10 @@ class VaultQuery:
         if not self.vault.catalog_path.exists():
             return "the catalog has not been built yet"
         release_writer(self.vault.root)
-        conn = connect_read_only(self.vault.catalog_path, self.timeout)
+        try:
+            conn = connect_read_only(self.vault.catalog_path, self.timeout)
+        except InvalidInputError as exc:
+            return str(exc)
         try:
             return stale_reason(self.vault, conn)
         finally:
@@ -139,11 +142,15 @@ class VaultQuery:
         path = self.vault.catalog_path
         release_writer(self.vault.root)
         if path.exists():
-            conn = connect_read_only(path, self.timeout)
-            why = stale_reason(self.vault, conn)
-            if why is None or not self.refresh_before_search:
-                return conn
-            conn.close()
+            try:
+                conn = connect_read_only(path, self.timeout)
+            except InvalidInputError as exc:  # a damaged file: an update repairs or rebuilds it
+                why = str(exc)
+            else:
+                why = stale_reason(self.vault, conn)
+                if why is None or not self.refresh_before_search:
+                    return conn
+                conn.close()
         else:
             why = "the catalog has not been built yet"
         try:

@@ -20,7 +20,8 @@ import getpass
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,8 @@ class Vault:
             self.root / "refs", self.root / "journal", self.root / "locks" / "refs.lock",
             self.root / "tmp",
         )
+        self._batch_depth = 0
+        self._batch_commits = 0
 
     def __repr__(self) -> str:
         return f"Vault({str(self.root)!r})"
@@ -415,6 +418,7 @@ class Vault:
         parent_digests = self._resolve_parents([*raw.get("parents", []), *parents])
         files = list(iter_files(wd))
         known = WorkingIndex(wd).load()
+        _check_tensors_complete(files, known)
         # Writers hold the gc lock shared, so `vault gc --grace 0` never prunes objects that a
         # commit has written but not yet referenced.
         with FileLock(self.gc_lock_path, shared=True):
@@ -430,13 +434,18 @@ class Vault:
             digest = self.objects.put_bytes(commit.to_bytes(), sync_dir=False)
             # One round of directory fsyncs makes every new object name durable before the
             # ref can point at them (the first fsync commits them all in one journal transaction).
-            self.objects.sync([digest, *(e.digest for e in tree.values())])
+            # Files the working index vouches for were fsynced into objects/ when written.
+            self.objects.sync([digest, *(e.digest for rel, e in tree.items()
+                                         if known.get(rel) != e.digest)])
             self.refs.create(specimen_id, digest, commit.created)
         self._after_commit(specimen_id, digest, commit)
         return commit
 
     def _after_commit(self, specimen_id: str, digest: Digest, commit: Commit) -> None:
-        """Hook run after a ref exists (the catalog update goes here); must never raise."""
+        """Hook run after a ref exists: update the catalog; must never raise."""
+        if self._batch_depth:
+            self._batch_commits += 1  # indexed once when the batch ends
+            return
         try:
             from .catalog import after_commit
 
@@ -444,12 +453,49 @@ class Vault:
         except Exception:  # the commit stands: derived data never undoes or fails it
             pass
 
+    @contextmanager
+    def batch(self) -> Iterator[Vault]:
+        """Commit many specimens with one catalog update at the end instead of one per commit.
+
+        For bulk loads (imports, sweeps): each commit is sealed exactly as usual (objects, commit,
+        ref, journal) and only the derived catalog waits; when the outermost block exits, normally
+        or not, the catalog indexes every commit made in it in one incremental update. If that
+        update fails, the catalog is marked stale, as after a commit.
+
+        Example::
+
+            with vault.batch():
+                for run in runs:
+                    vault.commit(run.id)
+        """
+        self._batch_depth += 1
+        try:
+            yield self
+        finally:
+            self._batch_depth -= 1
+            if self._batch_depth == 0 and self._batch_commits:
+                self._batch_commits = 0
+                try:
+                    from .catalog import update_after_batch
+
+                    update_after_batch(self)
+                except Exception:  # derived data never fails the commits it describes
+                    pass
+
     def _resolve_parents(self, parents: Sequence[str]) -> list[Digest]:
         out: list[Digest] = []
         for p in parents:
             d = Digest(p) if is_digest(p) else self.resolve(p)
             if is_digest(p) and not self.objects.has(d):
                 raise NotFoundError(f"parent commit {p} is not in this vault")
+            if is_digest(p):
+                try:  # any object has a digest: only a commit may become a parent
+                    self.read_commit(d)
+                except InvalidInputError:
+                    raise InvalidInputError(
+                        f"parent {p} is an object of this vault but not a commit; pass a "
+                        "specimen id or a commit digest (`vault log` lists them)"
+                    ) from None
             if d not in out:
                 out.append(d)
         return out
@@ -880,6 +926,27 @@ class CommittedSpecimen:
         tree = {p: e.digest for p, e in self.commit.tree.items()}
         return open_tree_tensor(self.vault.objects, tree, name,
                                 where=f"specimen {self.specimen_id}", verify=verify)
+
+
+def _check_tensors_complete(files: list[str], known: dict[str, Digest]) -> None:
+    """Refuse to seal a tensor whose chunk files were deleted from the working directory.
+
+    Zarr reads an absent chunk as fill values, so sealing such a tensor would silently turn
+    lost data into zeros.
+
+    Raises:
+        InvalidInputError: naming the tensor and a missing chunk.
+    """
+    present = set(files)
+    for rel in known:
+        if rel in present or ".zarr/" not in rel:
+            continue
+        array_dir = rel[: rel.index(".zarr/") + len(".zarr")]
+        if f"{array_dir}/zarr.json" in present:
+            raise InvalidInputError(
+                f"tensor {array_dir} is missing its chunk file {rel}, which was written earlier; "
+                "write the tensor again (SpecimenStorage.write_tensors) before committing"
+            )
 
 
 def _login_name() -> str:

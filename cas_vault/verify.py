@@ -9,7 +9,8 @@ A verify run checks, in this order:
 2. every commit reachable from the refs (and their parents): present, hashing to its name,
    decodable, naming the specimen its ref is called after;
 3. every object a reachable tree names: present with the recorded size (``quick``) and, in full
-   mode, re-hashed to its name, on a thread pool (BLAKE3 releases the GIL, so both cores work);
+   mode, re-hashed to its name, in background threads while the other checks run (BLAKE3 and
+   file reads release the GIL, so both cores work);
 4. the working directories of committed specimens: every sealed file still there with the sealed
    bytes (a file sharing the object's inode is covered by the object's check), nothing added;
 5. the object directory itself: files whose names are not digests of their bytes are strays;
@@ -24,12 +25,14 @@ docs/integrity.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,7 +95,8 @@ INFO_KINDS = (
     "catalog_unchecked",        # vault.duckdb was busy, so it was not compared with the refs
 )
 
-#: ``progress(advance_bytes, total_bytes)``: called from the calling thread as hashing advances.
+#: ``progress(advance_bytes, total_bytes)``: called (from hashing threads, one call at a time) as
+#: hashing advances; ``total_bytes`` grows when verify queues more files.
 Progress = Callable[[int, int], None]
 
 #: Files at least this large are hashed by BLAKE3's own threads (digest.hash_file), one at a time.
@@ -336,9 +340,9 @@ def working_index_digests(vault: Vault) -> set[Digest]:
 # -- object directory and temp files -----------------------------------------------------------
 @dataclass
 class ObjectScan:
-    """What is in ``objects/``: ``digests`` -> ``(size, mtime, inode, device)``, strays, temps."""
+    """What is in ``objects/``: ``digests`` -> ``(size, mtime, links)``, strays, temps."""
 
-    digests: dict[Digest, tuple[int, float, int, int]] = field(default_factory=dict)
+    digests: dict[Digest, tuple[int, float, int]] = field(default_factory=dict)
     strays: list[Path] = field(default_factory=list)
     temps: list[TempItem] = field(default_factory=list)
 
@@ -396,7 +400,7 @@ def scan_objects(store: ObjectStore) -> ObjectScan:
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # removed by a concurrent gc
-                scan.digests[Digest(entry.name)] = (st.st_size, st.st_mtime, st.st_ino, st.st_dev)
+                scan.digests[Digest(entry.name)] = (st.st_size, st.st_mtime, st.st_nlink)
             else:
                 scan.strays.append(Path(entry.path))
     return scan
@@ -446,6 +450,89 @@ def _find_temp_below(top: Path) -> list[TempItem]:
     return items
 
 
+# -- hashing ----------------------------------------------------------------------------------
+class _Hashed:
+    """The pending results of one :meth:`_HashPool.submit`."""
+
+    def __init__(self, n: int, futures: list[Future[list[tuple[int, Digest | OSError | None]]]]):
+        self.n = n
+        self.futures = futures
+
+    def results(self) -> list[Digest | OSError | None]:
+        """Wait for every file: a digest, None (vanished) or the error that kept it unread."""
+        out: list[Digest | OSError | None] = [None] * self.n
+        for future in self.futures:
+            for i, got in future.result():
+                out[i] = got
+        return out
+
+
+class _HashPool:
+    """Hashes files in the background on both cores.
+
+    Large files go one at a time to a worker whose BLAKE3 hashes each over an mmap with its own
+    threads (two such files at once would only fight for the cores); small files go in batches
+    to a pool of plain threads.
+
+    Args:
+        progress: called with ``(advance_bytes, total_bytes_submitted)``, from worker threads.
+    """
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.total = 0
+        self.done = 0
+        self._lock = threading.Lock()
+        self._large = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-large")
+        self._small = ThreadPoolExecutor(
+            max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="verify-small")
+
+    def __enter__(self) -> _HashPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._large.shutdown(cancel_futures=True)
+        self._small.shutdown(cancel_futures=True)
+
+    def _one(self, path: Path, size: int) -> Digest | OSError | None:
+        try:
+            got: Digest | OSError | None = hash_file(path)[0]
+        except FileNotFoundError:
+            got = None
+        except OSError as exc:
+            got = exc
+        with self._lock:
+            self.done += size
+            if self.progress is not None:
+                self.progress(size, self.total)
+        return got
+
+    def _batch(
+        self, jobs: list[tuple[int, Path, int]],
+    ) -> list[tuple[int, Digest | OSError | None]]:
+        return [(i, self._one(path, size)) for i, path, size in jobs]
+
+    def submit(self, jobs: Sequence[tuple[Path, int]]) -> _Hashed:
+        """Start hashing ``(path, size)`` jobs; returns a handle on their results."""
+        with self._lock:
+            self.total += sum(size for _, size in jobs)
+        futures = []
+        batch: list[tuple[int, Path, int]] = []
+        batch_bytes = 0
+        for i, (path, size) in enumerate(jobs):
+            if size >= _LARGE_FILE:
+                futures.append(self._large.submit(self._batch, [(i, path, size)]))
+                continue
+            batch.append((i, path, size))
+            batch_bytes += size
+            if len(batch) >= 64 or batch_bytes >= _LARGE_FILE:
+                futures.append(self._small.submit(self._batch, batch))
+                batch, batch_bytes = [], 0
+        if batch:
+            futures.append(self._small.submit(self._batch, batch))
+        return _Hashed(len(jobs), futures)
+
+
 # -- the run -----------------------------------------------------------------------------------
 @dataclass
 class _Ref:
@@ -459,13 +546,14 @@ class _Ref:
 class _Checker:
     """One verify run; collects findings as it goes."""
 
-    def __init__(self, vault: Vault, quick: bool, progress: Progress | None) -> None:
+    def __init__(self, vault: Vault, quick: bool) -> None:
         self.vault = vault
         self.quick = quick
-        self.progress = progress
         self.problems: list[Finding] = []
         self.info: list[Finding] = []
         self.bytes_hashed = 0
+        #: (specimen, path, digest) of working files that are their object's inode.
+        self.linked: list[tuple[str, str, Digest]] = []
 
     def rel(self, path: Path) -> str:
         try:
@@ -477,12 +565,18 @@ class _Checker:
     def snapshot(self) -> tuple[dict[str, bytes], bytes, set[str]]:
         """Finish interrupted journal lines, then read refs, journal and intents atomically."""
         refs = self.vault.refs
-        for sid in refs.recover():
-            self.info.append(Finding(
-                "recovered_journal_entry", f"finished the journal line of {sid}, whose commit "
-                "was interrupted after its ref was created", specimen=sid, file="journal"))
-        # Under the refs lock no commit is between creating a ref and journaling it.
-        with FileLock(refs.lock_path):
+        lock: FileLock | None = FileLock(refs.lock_path)
+        try:
+            for sid in refs.recover():
+                self.info.append(Finding(
+                    "recovered_journal_entry", f"finished the journal line of {sid}, whose "
+                    "commit was interrupted after its ref was created", specimen=sid,
+                    file="journal"))
+        except OSError:
+            # A read-only vault (a backup, a mount): check it as it is, nothing can commit.
+            lock = None
+        with lock or contextlib.nullcontext():
+            # Under the refs lock no commit is between creating a ref and journaling it.
             raw = {name: refs.read_raw(name) or b"" for name in refs.names()}
             try:
                 journal = refs.journal.read_bytes()
@@ -541,69 +635,19 @@ class _Checker:
         return good
 
     # objects ----------------------------------------------------------------------------------
-    def hash_many(self, jobs: Sequence[tuple[Path, int]]) -> list[Digest | OSError | None]:
-        """Hash files using both cores: a digest, None for a file that vanished, or the error
-        that kept a file from being read (permissions, I/O errors of a failing disk).
-
-        Large files are hashed one at a time in this thread, each by BLAKE3's own threads over
-        an mmap (two of them at once would only fight for the cores); small files go to a
-        thread pool in batches meanwhile (BLAKE3 and file reads release the GIL).
-        """
-        total = sum(size for _, size in jobs)
-        results: list[Digest | OSError | None] = [None] * len(jobs)
-
-        def one(job: tuple[Path, int]) -> Digest | OSError | None:
-            try:
-                return hash_file(job[0])[0]
-            except FileNotFoundError:
-                return None
-            except OSError as exc:
-                return exc
-
-        def batch(indices: list[int]) -> list[tuple[int, Digest | OSError | None]]:
-            return [(i, one(jobs[i])) for i in indices]
-
-        def advance(size: int) -> None:
-            self.bytes_hashed += size
-            if self.progress is not None:
-                self.progress(size, total)
-
-        large = [i for i, (_, size) in enumerate(jobs) if size >= _LARGE_FILE]
-        batches: list[list[int]] = []
-        current: list[int] = []
-        current_bytes = 0
-        for i, (_, size) in enumerate(jobs):
-            if size >= _LARGE_FILE:
-                continue
-            current.append(i)
-            current_bytes += size
-            if len(current) >= 64 or current_bytes >= _LARGE_FILE:
-                batches.append(current)
-                current, current_bytes = [], 0
-        if current:
-            batches.append(current)
-        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-            futures = [pool.submit(batch, b) for b in batches]
-            for i in large:
-                results[i] = one(jobs[i])
-                advance(jobs[i][1])
-            for future in as_completed(futures):
-                for i, got in future.result():
-                    results[i] = got
-                    advance(jobs[i][1])
-        return results
-
-    def check_objects(
+    def stat_objects(
         self, uses: dict[Digest, list[_Ref]], scan: ObjectScan | None, walked: set[Digest],
-    ) -> dict[Digest, tuple[int, int] | None]:
-        """Check tree objects, and in full mode every other object of ``scan`` not in ``walked``.
+    ) -> tuple[dict[Digest, tuple[int, int] | None], list[tuple[Digest, Path, int]]]:
+        """Check that tree objects exist with their sizes; list what full mode must hash.
 
         Returns:
-            digest -> ``(inode, device)`` for intact tree objects, None for damaged ones.
+            ``(state, jobs)``: digest -> ``(inode, device)`` of each tree object that is present
+            with the right size (None otherwise), and the objects to hash: those, plus in full
+            mode every other object of ``scan`` not in ``walked`` (a wrong one is a stray).
         """
         store = self.vault.objects
         state: dict[Digest, tuple[int, int] | None] = {}
-        to_hash: list[tuple[Digest, Path, int]] = []
+        jobs: list[tuple[Digest, Path, int]] = []
         for d, refs in uses.items():
             path = store.path(d)
             rel = f"objects/{d[:2]}/{d}"
@@ -625,14 +669,17 @@ class _Checker:
                     specimen=r.specimen, digest=d, path=r.path, file=rel))
             state[d] = None if wrong else (st.st_ino, st.st_dev)
             if not self.quick and not wrong:
-                to_hash.append((d, path, st.st_size))
-        # Unreferenced objects are hashed too in full mode: a wrong one is a stray.
-        extra: list[tuple[Digest, Path, int]] = []
+                jobs.append((d, path, st.st_size))
         if scan is not None and not self.quick:
-            extra = [(d, store.path(d), v[0]) for d, v in scan.digests.items()
+            jobs += [(d, store.path(d), v[0]) for d, v in scan.digests.items()
                      if d not in uses and d not in walked]
-        jobs = to_hash + extra
-        results = self.hash_many([(p, s) for _, p, s in jobs])
+        return state, jobs
+
+    def finish_objects(
+        self, jobs: list[tuple[Digest, Path, int]], results: list[Digest | OSError | None],
+        uses: dict[Digest, list[_Ref]], state: dict[Digest, tuple[int, int] | None],
+    ) -> None:
+        """Turn the hashes of :meth:`stat_objects` jobs into problems; mark damaged objects."""
         for (d, path, _), got in zip(jobs, results, strict=True):
             if isinstance(got, OSError):
                 for r in uses.get(d, []):
@@ -669,7 +716,6 @@ class _Checker:
                     "stray_object", f"objects/{d[:2]}/{d} holds bytes that hash to {got}: it "
                     "was not written by cas-vault or was altered; no commit uses it, so remove it",
                     digest=d, file=self.rel(path)))
-        return state
 
     # working directories ---------------------------------------------------------------------
     def check_workdir(
@@ -709,9 +755,10 @@ class _Checker:
             except FileNotFoundError:
                 continue
             obj = state.get(entry.digest)
-            same_inode = obj is not None and obj == (st.st_ino, st.st_dev)
-            if same_inode:
-                continue  # it IS the object, and the object checked out intact
+            if obj is not None and obj == (st.st_ino, st.st_dev):
+                # It IS the object: it is intact exactly when the object hashes right.
+                self.linked.append((sid, rel, entry.digest))
+                continue
             if not self._inode_is_object(entry.digest, st):
                 if st.st_size != entry.size:
                     self.problems.append(Finding(
@@ -740,8 +787,21 @@ class _Checker:
             return False
         return (ost.st_ino, ost.st_dev) == (st.st_ino, st.st_dev)
 
-    def hash_workdirs(self, jobs: list[tuple[str, str, Digest, Path, int]]) -> None:
-        results = self.hash_many([(p, s) for *_, p, s in jobs])
+    def finish_linked(self, state: dict[Digest, tuple[int, int] | None]) -> None:
+        """Report working files that share their inode with an object found damaged."""
+        for sid, rel, d in self.linked:
+            if state.get(d) is None:
+                where = f"specimens/{sid}/{rel}"
+                self.problems.append(Finding(
+                    "workdir_modified", f"{where} was edited in place after {sid} was sealed; "
+                    "it shares its inode with the sealed object, which changed too", specimen=sid,
+                    digest=d, path=rel, file=where))
+
+    def finish_workdirs(
+        self, jobs: list[tuple[str, str, Digest, Path, int]],
+        results: list[Digest | OSError | None],
+    ) -> None:
+        """Turn the hashes of working files (not linked to their object) into problems."""
         for (sid, rel, d, _, _), got in zip(jobs, results, strict=True):
             where = f"specimens/{sid}/{rel}"
             if isinstance(got, OSError):
@@ -757,13 +817,16 @@ class _Checker:
 
     # garbage ---------------------------------------------------------------------------------
     def report_garbage(self, scan: ObjectScan, live: set[Digest], refs: set[str]) -> None:
-        unref = [(d, v[0]) for d, v in scan.digests.items() if d not in live]
+        unref = [v for d, v in scan.digests.items() if d not in live]
         if unref:
-            total = sum(s for _, s in unref)
+            total = sum(size for size, _, _ in unref)
+            # An object still hard-linked from a working file frees nothing when gc removes it.
+            freeable = sum(size for size, _, links in unref if links <= 1)
             self.info.append(Finding(
                 "unreferenced_objects", f"{len(unref)} objects ({total} bytes) are not used by "
-                "any commit or working directory; `vault gc` frees those older than its grace "
-                "period", bytes=total, count=len(unref)))
+                "any commit or working directory; `vault gc` removes those older than its grace "
+                f"period, freeing up to {freeable} bytes (the rest are still hard-linked from "
+                "uncommitted working files)", bytes=freeable, count=len(unref)))
         for p in scan.strays:
             self.problems.append(Finding(
                 "stray_object", f"{self.rel(p)} is not named by a digest: it was not written "
@@ -782,11 +845,29 @@ class _Checker:
                         f"(seal it with `vault commit {entry.name}`)", specimen=entry.name,
                         file=f"specimens/{entry.name}"))
 
-    def check_catalog(self, indexed: dict[str, str], refs: dict[str, Digest]) -> None:
+    def check_catalog(
+        self, catalog_read: Future[dict[str, str] | None], refs: dict[str, Digest],
+    ) -> None:
         """Compare the catalog (read before the refs) with the refs."""
-        # The catalog is read first and a commit indexes itself only after creating its ref, so
-        # a listed specimen without its ref, or with another commit, is a real disagreement.
-        wrong = sorted(sid for sid, d in indexed.items() if refs.get(sid) != d)
+        try:
+            indexed = catalog_read.result()
+        except LockTimeoutError:
+            self.info.append(Finding(
+                "catalog_unchecked", "the catalog was busy (another process is writing it); "
+                "it was not compared with the refs", file="vault.duckdb"))
+            return
+        except Exception as exc:  # derived data that cannot be read never fails a verify
+            self.info.append(Finding(
+                "catalog_unchecked", f"the catalog could not be read ({exc}); `vault index "
+                "--rebuild` recreates it", file="vault.duckdb"))
+            return
+        if indexed is None:
+            return  # no catalog: derived data, nothing to compare
+        # A commit indexes itself only after creating its ref, and refs never change, so a
+        # listed specimen whose ref (read now, as the catalog may be newer than our snapshot)
+        # is missing or names another commit is a real disagreement.
+        wrong = sorted(sid for sid, d in indexed.items()
+                       if refs.get(sid) != d and self._ref_now(sid) != d)
         if wrong:
             more = " ..." if len(wrong) > 5 else ""
             self.problems.append(Finding(
@@ -803,6 +884,14 @@ class _Checker:
                 "catalog_behind", f"{len(missing)} committed specimen(s) are not in the catalog "
                 f"yet ({', '.join(missing[:5])}{more}); `vault index` (or the next `vault "
                 "query`) adds them", file="vault.duckdb", count=len(missing)))
+
+    def _ref_now(self, sid: str) -> str | None:
+        try:
+            validate_id(sid)  # a name read from the catalog is joined into a path
+        except InvalidInputError:
+            return None
+        data = self.vault.refs.read_raw(sid)
+        return data.decode("ascii", "replace").strip() if data else None
 
 
 #: Seconds verify waits for a process writing the catalog before skipping the catalog check.
@@ -843,16 +932,13 @@ def verify(
         NotFoundError: for an id that has neither a ref nor a journal line.
     """
     started = time.perf_counter()
-    chk = _Checker(vault, quick, progress)
+    chk = _Checker(vault, quick)
     scope = {validate_id(s) for s in specimen_ids} or None
-    indexed: dict[str, str] | None = None
-    if scope is None:
-        try:
-            indexed = catalog_commits(vault)
-        except LockTimeoutError:
-            chk.info.append(Finding(
-                "catalog_unchecked", "the catalog was busy (another process is writing it); "
-                "it was not compared with the refs", file="vault.duckdb"))
+    # The catalog is read first (a commit indexes itself only after its ref exists), in the
+    # background: opening DuckDB is slow and needs no help from this thread.
+    catalog_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-catalog")
+    catalog_read = catalog_reader.submit(catalog_commits, vault) if scope is None else None
+    catalog_reader.shutdown(wait=False)
     raw, journal, intents = chk.snapshot()
     entries, journal_problems = read_journal(journal)
     chk.problems.extend(journal_problems)
@@ -869,6 +955,7 @@ def verify(
     for sid, e in entries.items():
         if (scope is None or sid in scope) and sid not in raw:
             starts.setdefault(e.commit, sid)
+
     def count(n: int) -> None:
         chk.bytes_hashed += n
 
@@ -881,35 +968,48 @@ def verify(
             uses.setdefault(entry.digest, []).append(_Ref(c.specimen_id, rel, entry.size))
     scan = scan_objects(vault.objects) if scope is None else None
     walked: set[Digest] = set(commits) | {Digest(p.digest) for p in commit_problems if p.digest}
-    state = chk.check_objects(uses, scan, walked)
+    state, object_jobs = chk.stat_objects(uses, scan, walked)
 
-    hash_jobs: list[tuple[str, str, Digest, Path, int]] = []
-    for sid, d in sorted(refs.items()):
-        sealed = commits.get(d)
-        if sealed is None:
-            continue
-        if sealed.specimen_id != sid:
-            chk.problems.append(Finding(
-                "ref_mismatch", f"ref {sid} points to commit {d}, which seals specimen "
-                f"{sealed.specimen_id}: the ref was edited or added by hand", specimen=sid,
-                digest=d, file=f"refs/{sid}"))
-            continue
-        chk.check_workdir(sid, sealed, state, hash_jobs)
-    chk.hash_workdirs(hash_jobs)
-
-    if scan is not None:
-        live = set(commits) | set(uses) | working_index_digests(vault)
-        chk.report_garbage(scan, live, set(raw))
-        if indexed is not None:
-            chk.check_catalog(indexed, refs)
+    # Hashing runs in the background (BLAKE3 and reads release the GIL) while this thread does
+    # the checks that are Python work: working directories, garbage, strays.
+    with _HashPool(progress) as pool:
+        hashed_objects = pool.submit([(p, size) for _, p, size in object_jobs])
+        workdir_jobs: list[tuple[str, str, Digest, Path, int]] = []
+        for sid, d in sorted(refs.items()):
+            sealed = commits.get(d)
+            if sealed is None:
+                continue
+            if sealed.specimen_id != sid:
+                chk.problems.append(Finding(
+                    "ref_mismatch", f"ref {sid} points to commit {d}, which seals specimen "
+                    f"{sealed.specimen_id}: the ref was edited or added by hand", specimen=sid,
+                    digest=d, file=f"refs/{sid}"))
+                continue
+            chk.check_workdir(sid, sealed, state, workdir_jobs)
+        hashed_workdirs = pool.submit([(p, size) for *_, p, size in workdir_jobs])
+        if scan is not None:
+            live = set(commits) | set(uses) | working_index_digests(vault)
+            chk.report_garbage(scan, live, set(raw))
+        if catalog_read is not None:
+            chk.check_catalog(catalog_read, refs)
+        chk.finish_objects(object_jobs, hashed_objects.results(), uses, state)
+        chk.finish_linked(state)
+        chk.finish_workdirs(workdir_jobs, hashed_workdirs.results())
+    chk.bytes_hashed += pool.done
     specimens = tuple(sorted(refs))
     checked = len(set(uses) | set(commits) | (set(scan.digests) if scan else set()))
     return VerifyReport(
         mode="quick" if quick else "full", specimens=specimens,
-        problems=tuple(_dedupe(chk.problems)), info=tuple(chk.info),
+        problems=tuple(sorted(_dedupe(chk.problems), key=_problem_order)), info=tuple(chk.info),
         objects_checked=checked, bytes_hashed=chk.bytes_hashed,
         seconds=time.perf_counter() - started,
     )
+
+
+def _problem_order(f: Finding) -> tuple[int, str, str, str]:
+    # Stable output: by kind (in PROBLEM_KINDS order), then specimen, path and file.
+    rank = PROBLEM_KINDS.index(f.kind) if f.kind in PROBLEM_KINDS else len(PROBLEM_KINDS)
+    return rank, f.specimen or "", f.path or "", f.file or ""
 
 
 def _dedupe(items: Iterable[Finding]) -> Iterator[Finding]:

@@ -265,3 +265,18 @@ def test_put_file_with_a_wrong_known_digest_stores_the_true_one(v: Vault, tmp_pa
     report = v.verify()
     assert report.ok
     assert [i.count for i in report.info if i.kind == "unreferenced_objects"] == [1]
+
+
+def test_a_non_commit_object_is_refused_as_a_parent(v: Vault) -> None:
+    # Every object has a digest; only a commit may be named as a parent (else the vault would
+    # hold a commit whose parent verify cannot decode, and gc would refuse to run).
+    wd = v.new("wip", domain="training", method="fine_tuning")
+    SpecimenStorage(wd).write_config({"k": 1})
+    not_a_commit = v.get("good").tree["strata/metrics.parquet"].digest
+    before = snapshot(v.root)
+    with pytest.raises(InvalidInputError, match="not a commit"):
+        v.commit("wip", parents=[not_a_commit])
+    result = invoke(v, "commit", "wip", "--parent", not_a_commit)
+    assert result.exit_code == 2, result.output
+    assert snapshot(v.root) == before
+    assert_clean(v)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pytest
@@ -75,6 +77,7 @@ def diamond(vault, make_specimen):
 
 def test_commit_writes_catalog_row_with_the_seed_columns(diamond):
     v = diamond
+    release_writer(v.root)
     assert not (v.root / STALE_MARKER).exists()
     rows = _rows(v, "SELECT specimen_id, domain, method, model, tags, status, commit, parents, message, "
                     "author, logical_bytes, unique_bytes, seq, typeof(created), typeof(tags) "
@@ -133,6 +136,7 @@ def test_metrics_union_by_name_new_columns_widening_and_nan(vault):
     commit("floats", {"step": [0, 1], "loss": [0.5, math.nan], "acc": [math.inf, -math.inf]})
     commit("texts", {"step": [0], "note": ["hello"], "specimen_id": ["shadow"]})
     commit("mixed", {"step": [0], "acc": ["high"]})                      # acc: DOUBLE + text
+    release_writer(vault.root)
     assert not (vault.root / STALE_MARKER).exists()
     types = dict(_rows(vault, "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'metrics'"))
     assert types["loss"] == "DOUBLE" and types["acc"] == "VARCHAR" and types["note"] == "VARCHAR"
@@ -174,11 +178,13 @@ def test_damaged_parquet_object_is_left_out_of_metrics_only(vault, make_specimen
 def test_incremental_index_reads_only_new_commits(vault, make_specimen, monkeypatch):
     make_specimen("first")
     vault.commit("first")
+    release_writer(vault.root)
     # A commit that leaves its update to `vault index` (as one with many pending lines does).
     monkeypatch.setattr(catalog_mod, "MAX_LINES_PER_COMMIT", 0)
     for sid in ("second", "third"):
         make_specimen(sid, parents=["first"])
         vault.commit(sid)
+    release_writer(vault.root)
     assert "2 commits are not indexed" in (vault.root / STALE_MARKER).read_text()
     assert [r[0] for r in _rows(vault, "SELECT specimen_id FROM catalog")] == ["first"]
 
@@ -211,8 +217,12 @@ def test_catalog_of_another_vault_or_journal_is_rebuilt(tmp_path, diamond, make_
     SpecimenStorage(other.new("x", domain="training", method="fine_tuning")).write_metrics({"a": [1]})
     other.commit("x")
     release_writer(other.root)
-    release_writer(diamond.root)
+    diamond.index()  # leaves a checkpointed file, without a log
     shutil.copyfile(diamond.catalog_path, other.catalog_path)
+    wal = Path(f"{other.catalog_path}.wal")
+    if wal.exists():  # other's log no longer matches its (replaced) database file
+        assert "cannot be opened" in VaultQuery(other).stale_reason()
+        wal.unlink()
     assert VaultQuery(other).stale_reason() == "the catalog was built for another vault"
     result = other.index()
     assert result.rebuilt and _rows(other, "SELECT specimen_id FROM catalog") == [("x",)]
@@ -224,11 +234,28 @@ def test_catalog_of_another_vault_or_journal_is_rebuilt(tmp_path, diamond, make_
     assert diamond.index().rebuilt
 
 
+def test_a_log_left_without_its_database_or_from_another_is_dropped(vault, make_specimen):
+    make_specimen("one")
+    vault.commit("one")
+    release_writer(vault.root)  # closing writes nothing, so the log stays
+    wal = Path(f"{vault.catalog_path}.wal")
+    assert wal.exists()
+    saved = wal.read_bytes()
+    vault.catalog_path.unlink()  # "delete vault.duckdb": the log is left behind
+    make_specimen("two")
+    vault.commit("two")
+    release_writer(vault.root)
+    assert _rows(vault, "SELECT specimen_id FROM catalog ORDER BY seq") == [("one",), ("two",)]
+    wal.write_bytes(saved)  # a log from another database file
+    assert vault.index().total == 2 and not (vault.root / STALE_MARKER).exists()
+
+
 def test_unopenable_catalog_file_never_fails_a_commit(vault, make_specimen):
     vault.catalog_path.write_bytes(b"this is not a DuckDB database" * 100)
     make_specimen("s")
     commit = vault.commit("s", message="still sealed")
     assert vault.resolve("s") == commit.digest
+    release_writer(vault.root)
     assert "cannot be opened" in (vault.root / STALE_MARKER).read_text()
     with pytest.raises(InvalidInputError, match="vault index --rebuild"):
         vault.index()
@@ -256,6 +283,7 @@ def test_commit_while_another_process_holds_the_catalog_marks_it_stale(vault, ma
         make_specimen("during")
         vault.commit("during")  # must not fail, nor wait long
         assert vault.resolve("during")
+        release_writer(vault.root)
         assert (vault.root / STALE_MARKER).exists()
     finally:
         holder.communicate("", timeout=30)
@@ -319,3 +347,21 @@ def test_query_says_when_it_cannot_bring_the_catalog_up_to_date(vault, make_spec
         holder.communicate("", timeout=30)
     assert VaultQuery(vault).search("SELECT specimen_id FROM catalog ORDER BY seq")["specimen_id"].to_list() \
         == ["old", "new"]
+
+
+def test_batch_defers_the_catalog_to_one_update_at_the_end(tmp_path) -> None:
+    """Inside Vault.batch() commits are sealed as usual; the catalog catches up once at exit."""
+    from cas_vault import SpecimenStorage, Vault
+    from cas_vault.catalog import indexed_commits
+
+    v = Vault.init(tmp_path / "v")
+    with v.batch():
+        for i in range(3):
+            SpecimenStorage(v.new(f"b{i}", domain="training", method="fine_tuning")).write_metrics(
+                {"step": [0, 1], "loss": [1.0, 0.5]})
+            v.commit(f"b{i}")
+            assert v.resolve(f"b{i}")  # sealed immediately
+        assert set(indexed_commits(v)) == set()
+    assert indexed_commits(v) == {f"b{i}": v.resolve(f"b{i}") for i in range(3)}
+    df = v.query("SELECT specimen_id, max(loss) AS m FROM metrics GROUP BY 1 ORDER BY 1")
+    assert df["specimen_id"].to_list() == ["b0", "b1", "b2"]

@@ -56,7 +56,7 @@ while True:
     if mode == "gc":
         removed += vault.gc(grace=0).removed_objects
     else:
-        report = vault.verify(quick=True)
+        report = vault.verify(quick=runs % 2 == 1)  # full and quick in turn
         bad += [p.message for p in report.problems]
     runs += 1
     if last:

@@ -205,6 +205,21 @@ def test_cli_dask_scheduler_address_with_worker_process(setup) -> None:
     assert bad.exit_code == 2 and "scheduler address" in bad.output
 
 
+def test_dask_path_on_plain_and_two_dimensional_arrays() -> None:
+    pytest.importorskip("dask")
+    from cas_vault.engines.spectroscopy.distributed import analyse_dask
+
+    sae = SAE.from_arrays(sae_arrays())
+    x = activations()
+    for arr in (x, x[2]):
+        opts = SpectroscopyOptions(chunk_tokens=5)
+        a, b = analyse(arr, sae, opts), analyse_dask(arr, sae, opts)
+        assert a.metrics.select("input", "n_features").equals(b.metrics.select("input", "n_features"))
+        np.testing.assert_allclose(b.metrics["sse_mean"].to_numpy(), a.metrics["sse_mean"].to_numpy(), rtol=1e-6)
+    with pytest.raises(InvalidInputError, match="scheduler"):
+        analyse_dask(x, sae, scheduler="threads")
+
+
 def test_dask_default_scheduler(setup) -> None:
     pytest.importorskip("dask")
     vault, _ = setup

@@ -58,6 +58,14 @@ class VaultMachine(RuleBasedStateMachine):
     # -- actions ---------------------------------------------------------------------------
     @rule(target=committed, data=st.binary(min_size=1, max_size=64))
     def commit(self, data: bytes) -> str:
+        return self._commit(data)
+
+    @rule(target=committed, source=committed)
+    def commit_copy(self, source: str) -> str:
+        # Identical bytes: deduplicated into the existing object (tampered or not).
+        return self._commit(self.model[source])
+
+    def _commit(self, data: bytes) -> str:
         sid = f"s{self.n:03d}"
         self.n += 1
         wd = self.vault.new(sid, domain="training", method="fine_tuning")
@@ -87,7 +95,6 @@ class VaultMachine(RuleBasedStateMachine):
         if d not in self.referenced():
             self.garbage.add(d)
 
-    @precondition(lambda self: not self.tampered)
     @rule()
     def gc(self) -> None:
         present = set(self.vault.objects.iter_digests())
@@ -144,6 +151,6 @@ class VaultMachine(RuleBasedStateMachine):
 
 
 VaultMachine.TestCase.settings = settings(
-    max_examples=15, stateful_step_count=15, deadline=None,
+    max_examples=30, stateful_step_count=15, deadline=None,
 )
 TestVaultStateMachine = VaultMachine.TestCase

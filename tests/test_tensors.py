@@ -570,3 +570,21 @@ def test_gc_keeps_chunks_of_uncommitted_tensors_and_prunes_replaced_ones(vault, 
     assert not any(vault.objects.has(d) for d in first - now)
     vault.commit("spec_a")
     np.testing.assert_array_equal(vault.specimen("spec_a").tensor("t")[...], a + 1)
+
+
+def test_commit_refuses_a_tensor_whose_chunk_file_was_deleted(tmp_path) -> None:
+    """A deleted chunk would read back as fill values: sealing it must be refused."""
+    import numpy as np
+    import pytest as _pytest
+
+    from cas_vault import SpecimenStorage, Vault
+    from cas_vault.errors import InvalidInputError
+
+    v = Vault.init(tmp_path / "v")
+    wd = v.new("t", domain="training", method="fine_tuning")
+    SpecimenStorage(wd).write_tensors("x", np.arange(4000, dtype=np.float32).reshape(2000, 2))
+    chunk = next(p for p in (wd / "strata" / "x.zarr" / "c").rglob("*") if p.is_file())
+    chunk.unlink()
+    with _pytest.raises(InvalidInputError, match="missing its chunk file"):
+        v.commit("t")
+    assert v.refs.get("t") is None

@@ -519,3 +519,49 @@ def test_unreadable_object_is_a_problem_not_a_pass(v: Vault) -> None:
         assert ("corrupt_object", "a", "strata/config.msgpack") in problems(report)
     finally:
         p.chmod(0o444)
+
+
+def test_gc_ignores_temp_files_of_intent_writes(v: Vault) -> None:
+    # A commit killed while writing its intent file leaves `locks/pending/.w.<pid>.<uuid>.tmp`
+    # holding a digest: that is not an intent, and must not keep the commit's objects alive.
+    junk = v.objects.put_bytes(b"objects of a commit killed before its ref")
+    pending = v.refs.pending_dir
+    pending.mkdir(parents=True, exist_ok=True)
+    (pending / ".w.999999.0123456789abcdef0123456789abcdef.tmp").write_text(junk + "\n")
+    report = v.gc(grace=0)
+    assert report.removed_objects == 1 and not v.objects.has(junk)
+    assert not list(pending.iterdir())
+
+
+def test_verify_works_on_a_read_only_vault(v: Vault, tmp_path: Path) -> None:
+    # A backup on read-only media: verify must check it without writing (no locks, no recovery).
+    ro = tmp_path / "ro"
+    subprocess.run(["cp", "-a", str(v.root), str(ro)], check=True)
+    for dirpath, dirnames, filenames in os.walk(ro):
+        for name in dirnames + filenames:
+            os.chmod(os.path.join(dirpath, name), 0o555 if name in dirnames else 0o444)
+    os.chmod(ro, 0o555)
+    if os.access(ro / "locks", os.W_OK):
+        pytest.skip("root writes to read-only directories; the check needs a real read-only fs")
+    report = Vault.open(ro).verify()
+    assert report.ok, report.problems
+
+
+def test_gc_keeps_young_temp_files_of_live_writers(v: Vault) -> None:
+    writer = subprocess.Popen(["sleep", "30"])
+    try:
+        tmp = v.root / "tmp" / f".w.{writer.pid}.0123456789abcdef0123456789abcdef.tmp"
+        tmp.parent.mkdir(exist_ok=True)
+        tmp.write_bytes(b"being written")
+        report = v.gc(grace=0)
+        assert report.kept_temp == 1 and report.removed_temp == 0 and tmp.exists()
+    finally:
+        writer.kill()
+        writer.wait()
+    report = v.gc(grace=0)  # its writer is gone: garbage at once
+    assert report.removed_temp == 1 and not tmp.exists()
+    old = time.time() - 2 * 3600
+    stale = v.root / "specimens" / ".x.0123456789abcdef0123456789abcdef.tmp"
+    stale.mkdir()
+    os.utime(stale, (old, old))
+    assert v.gc(grace=0).removed_temp == 1 and not stale.exists()  # an hour old: garbage

@@ -25,7 +25,6 @@ class _Bar:
     def __init__(self, desc: str) -> None:
         self.desc = desc
         self.bar: Any = None
-        self.phase_total = -1
 
     def __call__(self, advance: int, total: int) -> None:
         if self.bar is None:
@@ -33,9 +32,8 @@ class _Bar:
 
             self.bar = tqdm(total=0, desc=self.desc, unit="B", unit_scale=True,
                             unit_divisor=1024, file=sys.stderr, leave=False)
-        if total != self.phase_total:  # verify hashes objects, then working files
-            self.phase_total = total
-            self.bar.total = self.bar.n + total
+        if total != self.bar.total:  # verify queues objects first, then working files
+            self.bar.total = total
             self.bar.refresh()
         self.bar.update(advance)
 

@@ -44,7 +44,8 @@ def dask_partials(
 
     Args:
         blocks: the block plan.
-        array: a zarr array (wrapped with ``dask.array.from_zarr``) or a dask array.
+        array: a zarr array (wrapped with ``dask.array.from_zarr``), a dask array, or any
+            array ``dask.array.from_array`` accepts.
         encoder: the encoder (sent to the workers once).
         thresholds: activity thresholds.
         first: first analysed position.
@@ -54,7 +55,14 @@ def dask_partials(
     import dask
     import dask.array as da
 
-    X = array if isinstance(array, da.Array) else da.from_zarr(array)
+    import zarr
+
+    if isinstance(array, da.Array):
+        X = array
+    elif isinstance(array, zarr.Array):
+        X = da.from_zarr(array)  # tasks read the vault's chunk objects themselves
+    else:
+        X = da.from_array(array)
     if client is not None:
         [enc] = client.scatter([encoder], broadcast=True)
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
@@ -85,7 +93,7 @@ def analyse_dask(
     """:func:`~.engine.analyse` with the blocks computed by dask.
 
     Args:
-        array: the activations (zarr array from the vault, or a dask array).
+        array: the activations (zarr array from the vault, a dask array, or numpy).
         sae: the SAE. options, pairs: as :func:`~.engine.analyse`.
         scheduler: ``"dask"`` for dask's current scheduler, a scheduler address, or a
             dask.distributed Client.
