@@ -8,19 +8,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .main import cli, echo_json, open_vault, vault_option
+from .main import cli, echo_json, human_bytes, open_vault, vault_option
 
 if TYPE_CHECKING:
     from ..commit import TreeEntry
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def _split_tags(value: str | None) -> list[str]:
@@ -163,7 +154,7 @@ def show(specimen_id: str, as_json: bool, vault_path: str | None) -> None:
         click.echo(f"parent    {sid or '?'}  {d}")
     if m.metadata:
         click.echo(f"metadata  {', '.join(sorted(m.metadata))}")
-    click.echo(f"bytes     {_human(info.logical_bytes)} logical, {_human(info.unique_bytes)} new unique")
+    click.echo(f"bytes     {human_bytes(info.logical_bytes)} logical, {human_bytes(info.unique_bytes)} new unique")
     click.echo(f"files     {len(c.tree)}")
     rows = _show_rows(c.tree)
     width = max((len(r[0]) for r in rows), default=0)

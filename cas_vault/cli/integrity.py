@@ -7,16 +7,7 @@ from typing import Any
 
 import click
 
-from .main import cli, echo_json, open_vault, vault_option
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
+from .main import cli, echo_json, human_bytes, open_vault, vault_option
 
 
 class _Bar:
@@ -83,7 +74,7 @@ def verify(
                    else click.style(f"{len(report.problems)} problem(s)", fg="red"))
         click.echo(
             f"{report.mode} verify of {len(report.specimens)} specimen(s), "
-            f"{report.objects_checked} object(s), {_human(report.bytes_hashed)} hashed in "
+            f"{report.objects_checked} object(s), {human_bytes(report.bytes_hashed)} hashed in "
             f"{report.seconds:.1f} s: {verdict}"
         )
     if not report.ok:
@@ -115,13 +106,13 @@ def gc(dry_run: bool, grace: str, as_json: bool, vault_path: str | None) -> None
         return
     verb = "Would remove" if dry_run else "Removed"
     click.echo(
-        f"{verb} {report.removed_objects} unreachable object(s) ({_human(report.removed_bytes)}) "
-        f"and {report.removed_temp} temp file(s) ({_human(report.removed_temp_bytes)}); "
+        f"{verb} {report.removed_objects} unreachable object(s) ({human_bytes(report.removed_bytes)}) "
+        f"and {report.removed_temp} temp file(s) ({human_bytes(report.removed_temp_bytes)}); "
         f"{report.live_objects} live object(s) kept"
     )
     if report.recent_objects:
         click.echo(
-            f"Kept {report.recent_objects} unreachable object(s) ({_human(report.recent_bytes)}) "
+            f"Kept {report.recent_objects} unreachable object(s) ({human_bytes(report.recent_bytes)}) "
             f"younger than --grace {grace}"
         )
     if report.kept_temp:

@@ -21,7 +21,7 @@ import click
 
 from ..errors import VaultError
 
-__all__ = ["cli", "echo_json", "main", "open_vault", "vault_option"]
+__all__ = ["cli", "echo_json", "human_bytes", "main", "open_vault", "vault_option"]
 
 #: Modules that register commands on :data:`cli` when imported.
 COMMAND_MODULES = (
@@ -113,6 +113,16 @@ def open_vault(vault_path: str | None) -> Any:
 def echo_json(value: Any) -> None:
     """Print ``value`` as stable, sorted, indented JSON."""
     click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=True))
+
+
+def human_bytes(n: int) -> str:
+    """Format a byte count for people: ``191.8 KiB``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
 
 
 def main(argv: list[str] | None = None) -> None:
