@@ -33,17 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cas_vault.atomic import fsync_dir
+
 GIB = 1 << 30
 CHUNK_BYTES = 4 << 20
 COLS = 1024  # one 4 MiB chunk = 1024 rows x 1024 float32
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def bare_disk(a: np.ndarray, where: Path, threads: int, fsync: bool = True) -> float:
@@ -71,7 +65,7 @@ def bare_disk(a: np.ndarray, where: Path, threads: int, fsync: bool = True) -> f
     with ThreadPoolExecutor(threads) as ex:
         list(ex.map(put, range(n)))
     if fsync:
-        _fsync_dir(where)
+        fsync_dir(where)
     return time.perf_counter() - t
 
 
