@@ -11,9 +11,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,11 +26,13 @@ __all__ = [
     "FileLock",
     "append_durable",
     "fsync_dir",
+    "fsync_many",
     "link_if_absent",
     "put_if_absent",
     "temp_path",
     "write_durable",
     "write_replace",
+    "write_temp",
 ]
 
 #: Every temp file ends with this suffix, so gc and verify can recognise crash leftovers.
@@ -49,6 +53,64 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_PID = 0
+_POOL_LOCK = threading.Lock()
+#: Concurrent fsyncs in flight at most; more gain nothing once they share a journal commit.
+FSYNC_THREADS = 8
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    global _POOL, _POOL_PID
+    with _POOL_LOCK:
+        # A forked child inherits the pool object but not its threads: make a new one.
+        if _POOL is None or _POOL_PID != os.getpid():
+            _POOL = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="cas-vault-fsync")
+            _POOL_PID = os.getpid()
+        return _POOL
+
+
+def fsync_many(paths: Iterable[Path]) -> None:
+    """fsync files and directories concurrently; return once every one is durable.
+
+    Journaling filesystems (ext4, xfs) fold concurrent fsyncs into one journal commit, so a
+    round of N costs little more than one, where N in a row would each wait for their own
+    commit. The order among ``paths`` is unspecified: callers put in one round only what may
+    become durable in any order, and start the next round after this returns.
+
+    Args:
+        paths: files and directories (duplicates are fsynced once).
+
+    Raises:
+        OSError: the first failure, after every fsync has finished.
+    """
+    todo = list(dict.fromkeys(paths))
+    if len(todo) <= 1:
+        for p in todo:
+            _fsync_path(p)
+        return
+    futures = [_fsync_pool().submit(_fsync_path, p) for p in todo[1:]]
+    error: BaseException | None = None
+    try:
+        _fsync_path(todo[0])  # this thread does one itself instead of only waiting
+    except OSError as exc:
+        error = exc
+    for f in futures:
+        exc = f.exception()
+        if exc is not None and error is None:
+            error = exc
+    if error is not None:
+        raise error
+
+
 def _write_fd(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data).cast("B")
     while view:
@@ -56,7 +118,9 @@ def _write_fd(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[n:]
 
 
-def _write_temp(directory: Path, data: bytes | bytearray | memoryview, mode: int) -> Path:
+def _write_temp(
+    directory: Path, data: bytes | bytearray | memoryview, mode: int, sync: bool = True
+) -> Path:
     tmp = temp_path(directory)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -67,7 +131,8 @@ def _write_temp(directory: Path, data: bytes | bytearray | memoryview, mode: int
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         _write_fd(fd, data)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
@@ -76,15 +141,29 @@ def _write_temp(directory: Path, data: bytes | bytearray | memoryview, mode: int
     return tmp
 
 
-def write_replace(path: Path, data: bytes | bytearray | memoryview, mode: int = 0o644) -> None:
+def write_temp(directory: Path, data: bytes | bytearray | memoryview, mode: int = 0o644) -> Path:
+    """Write ``data`` to a new temp file in ``directory`` without fsyncing it; return its path.
+
+    For callers that fsync many files in one :func:`fsync_many` round before linking them.
+    """
+    return _write_temp(directory, data, mode, sync=False)
+
+
+def write_replace(
+    path: Path, data: bytes | bytearray | memoryview, mode: int = 0o644, sync_dir: bool = True
+) -> None:
     """Atomically create or replace ``path`` with ``data``.
 
-    Readers see either the old file or the complete new one, never a partial write.
+    Readers see either the old file or the complete new one, never a partial write, even
+    after a crash: the bytes are fsynced before the rename.
 
     Args:
         path: the destination; its directory must exist.
         data: the complete new contents.
         mode: permission bits of the new file.
+        sync_dir: fsync the directory too, so the new name survives a power loss. Files that
+            nothing durable depends on yet (a specimen's working files, which a commit makes
+            durable as objects) skip it: a crash then leaves the old file or the new one.
 
     Raises:
         OSError: on any I/O failure (the destination is left untouched).
@@ -95,19 +174,30 @@ def write_replace(path: Path, data: bytes | bytearray | memoryview, mode: int = 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
-def write_durable(path: Path, data: bytes | bytearray | memoryview, mode: int = 0o644) -> None:
+def write_durable(
+    path: Path, data: bytes | bytearray | memoryview, mode: int = 0o644, sync: bool = True
+) -> None:
     """Create the new file ``path`` (which must not exist) with ``data`` and fsync it.
 
     For files inside a temp directory that is itself renamed into place afterwards: the rename
     provides atomicity, so no per-file rename is needed; the caller fsyncs the directory.
+
+    Args:
+        path: the new file.
+        data: its contents.
+        mode: permission bits.
+        sync: fsync now; False when the caller fsyncs many files at once with
+            :func:`fsync_many` before renaming their directory into place.
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         _write_fd(fd, data)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 

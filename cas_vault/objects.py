@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .atomic import fsync_dir, link_if_absent, put_if_absent
+from .atomic import fsync_dir, fsync_many, link_if_absent, put_if_absent, write_temp
 from .digest import Digest, hash_bytes, hash_file, is_digest, parse_digest
 from .errors import ChecksumMismatch, IntegrityError, NotFoundError
 
-__all__ = ["ObjectStore"]
+__all__ = ["ObjectBatch", "ObjectStore"]
 
 _OBJECT_MODE = 0o444
 
@@ -153,8 +153,11 @@ class ObjectStore:
 
     def sync(self, digests: list[Digest]) -> None:
         """fsync the fan-out directories of ``digests`` (after puts with ``sync_dir=False``)."""
-        for prefix in sorted({d[:2] for d in digests}):
-            fsync_dir(self.root / prefix)
+        fsync_many(self.root / d[:2] for d in sorted(digests))
+
+    def batch(self) -> ObjectBatch:
+        """Return an :class:`ObjectBatch` that stores many files and blobs with two fsync rounds."""
+        return ObjectBatch(self)
 
     # -- reading ------------------------------------------------------------------------------
     def get(self, digest: Digest | str, verify: bool = True) -> bytes:
@@ -204,3 +207,124 @@ class ObjectStore:
             for entry in os.scandir(fan.path):
                 if is_digest(entry.name) and entry.name[:2] == fan.name:
                     yield Digest(entry.name)
+
+
+class ObjectBatch:
+    """Stores many files and blobs at once, as a commit does, with few fsync rounds.
+
+    :meth:`ObjectStore.put_file` fsyncs each file, links it, and fsyncs its fan-out directory:
+    three waits for the disk per file. A batch hashes everything first, then makes every new
+    object's bytes durable in one concurrent round, links them, and makes every name durable in
+    a second round. The rule stays the one of docs/format.md: an object's bytes are durable
+    before it has its name, and its name before :meth:`publish` returns (so before any commit
+    or ref can point at it). Nothing is visible under an object name before :meth:`publish`.
+
+    Args:
+        store: the object store.
+
+    Example::
+
+        batch = store.batch()
+        digest, size = batch.add_file(path)
+        commit_digest = batch.add_bytes(commit_bytes)
+        batch.publish()
+    """
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self._link: dict[Digest, tuple[Path, bool]] = {}  # digest -> (source, source is a temp)
+        self._names: set[Digest] = set()  # objects whose fan-out directory must be fsynced
+        self._existing: set[Digest] = set()  # stored before: refreshed for gc's grace period
+        self._published = False
+
+    def add_file(self, src: Path, known: Digest | None = None) -> tuple[Digest, int]:
+        """Hash the file at ``src`` for storing by hard link (no copy) when published.
+
+        Args:
+            src: a regular file on the vault's filesystem.
+            known: a digest recorded when the file was written; trusted only if ``src``
+                already is that object (same inode), in which case nothing is done at all:
+                whoever linked it made it durable then.
+
+        Returns:
+            ``(digest, size)``.
+
+        Raises:
+            IntegrityError: if the file changed while it was being hashed.
+            OSError: if it cannot be read.
+        """
+        st = src.stat()
+        if known is not None and is_digest(known):
+            try:
+                ost = self.store.path(known).stat()
+                if (ost.st_ino, ost.st_dev) == (st.st_ino, st.st_dev):
+                    return known, st.st_size
+            except FileNotFoundError:
+                pass
+        digest, size = hash_file(src)
+        st2 = src.stat()
+        if (st2.st_size, st2.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or size != st.st_size:
+            raise IntegrityError(
+                f"{src} changed while it was being committed; wait for whatever writes it "
+                "to finish and commit again"
+            )
+        if self._stage(digest):
+            self._link[digest] = (src, False)
+        return digest, size
+
+    def _stage(self, digest: Digest) -> bool:
+        """Record ``digest``; return True if it needs a source linked to its name."""
+        self._names.add(digest)
+        if digest in self._link or digest in self._existing:
+            return False
+        if self.store.path(digest).exists():
+            self._existing.add(digest)
+            return False
+        return True
+
+    def add_bytes(self, data: bytes | bytearray | memoryview) -> Digest:
+        """Stage ``data`` as an object (written to a temp file now, named when published).
+
+        Returns:
+            Its digest.
+        """
+        digest = hash_bytes(data)
+        if self._stage(digest):
+            self._link[digest] = (write_temp(self.store.tmp_dir, data, _OBJECT_MODE), True)
+        return digest
+
+    def publish(self) -> None:
+        """Make every staged object durable under its name. Call once.
+
+        Raises:
+            OSError: on an I/O failure (temp files are removed; objects already linked are
+                complete and durable-or-garbage, never partial).
+        """
+        if self._published:
+            raise RuntimeError("ObjectBatch.publish() was called twice")
+        self._published = True
+        try:
+            fsync_many(src for src, _ in self._link.values())
+            for digest, (src, is_temp) in self._link.items():
+                dest = self.store.path(digest)
+                try:
+                    created = link_if_absent(src, dest, sync_dir=False)
+                except OSError:
+                    if is_temp:
+                        raise
+                    # A cross-device working directory: one copy (no link possible).
+                    self.store.put_bytes(src.read_bytes(), expected=digest, sync_dir=False)
+                    continue
+                if not created:
+                    ObjectStore._touch(dest)
+                elif not is_temp:
+                    os.chmod(dest, _OBJECT_MODE)
+            for digest in self._existing:
+                ObjectStore._touch(self.store.path(digest))
+            # Existing objects are named here too: the process that linked them may have
+            # crashed before fsyncing their directory.
+            self.store.sync(sorted(self._names))
+        finally:
+            for src, is_temp in self._link.values():
+                if is_temp:
+                    src.unlink(missing_ok=True)

@@ -21,13 +21,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import FileLock, append_durable, fsync_dir, put_if_absent, write_replace
+from .atomic import FileLock, append_durable, fsync_dir, link_if_absent, write_replace
 from .digest import Digest, hash_bytes, is_digest
 from .errors import ImmutableError, InvalidInputError
 from .ids import validate_id
 
 __all__ = ["GENESIS", "JournalEntry", "RefStore"]
 
+#: Permission bits of a ref file (and of its intent file, which becomes the ref by a link).
+_REF_MODE = 0o444
 #: The ``prev`` of the first journal entry.
 GENESIS = Digest("0" * 64)
 
@@ -184,9 +186,10 @@ class RefStore:
                 )
             data = (commit + "\n").encode("ascii")
             intent = self.pending_dir / specimen_id
-            self.pending_dir.mkdir(parents=True, exist_ok=True)
-            write_replace(intent, data)
-            if not put_if_absent(self.refs_dir / specimen_id, data, self.tmp_dir):
+            # The intent file has exactly the ref's bytes and mode, so once it is durable the
+            # ref is made by hard-linking it: no second file to write and fsync.
+            write_replace(intent, data, mode=_REF_MODE)
+            if not link_if_absent(intent, self.refs_dir / specimen_id):
                 intent.unlink(missing_ok=True)
                 raise ImmutableError(f"specimen {specimen_id} was committed concurrently")
             self._append_locked(specimen_id, commit, time)

@@ -111,7 +111,10 @@ class SpecimenStorage:
         # file, so identical tables give identical bytes (and one object).
         df.write_parquet(buf, compression="zstd", statistics=True)
         path = self.strata / f"{name}.parquet"
-        write_replace(path, buf.getbuffer())
+        # Atomic (bytes fsynced, then renamed) but the directory is not fsynced: nothing durable
+        # depends on a working file's name until a commit links it into objects/ and fsyncs
+        # that. A crash before then leaves the old file or the new one.
+        write_replace(path, buf.getbuffer(), sync_dir=False)
         return path
 
     def read_metrics(self, name: str = "metrics") -> pl.DataFrame:
@@ -141,7 +144,7 @@ class SpecimenStorage:
         data = canonical.packb(dict(config))
         self._check_writable()
         path = self.strata / f"{name}.msgpack"
-        write_replace(path, data)
+        write_replace(path, data, sync_dir=False)  # as in write_metrics
         return path
 
     def read_config(self, name: str = "config") -> dict[str, Any]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import canonical, taxonomy
-from .atomic import FileLock, fsync_dir, write_durable, write_replace
+from .atomic import FileLock, fsync_dir, fsync_many, write_durable, write_replace
 from .commit import FORMAT_VERSION, Commit, Manifest, TreeEntry, kind_of, utc_now
 from .digest import Digest, Hasher, is_digest
 from .errors import (
@@ -337,15 +337,22 @@ class Vault:
         tmp.mkdir(parents=True)
         try:
             (tmp / "strata").mkdir()
-            write_durable(tmp / MANIFEST_NAME, canonical.packb(manifest))
-            write_durable(tmp / "protocol.py", PROTOCOL_TEMPLATE.format(**fmt).encode())
-            write_durable(tmp / "field_notes.md", FIELD_NOTES_TEMPLATE.format(**fmt).encode())
-            fsync_dir(tmp)
+            scaffold = {
+                MANIFEST_NAME: canonical.packb(manifest),
+                "protocol.py": PROTOCOL_TEMPLATE.format(**fmt).encode(),
+                "field_notes.md": FIELD_NOTES_TEMPLATE.format(**fmt).encode(),
+            }
+            for name, data in scaffold.items():
+                write_durable(tmp / name, data, sync=False)
+            # One concurrent round: the files and their directory are durable before the rename,
+            # so the working directory never appears with half-written files. specimens/ itself
+            # is not fsynced: like a working file's name, nothing durable depends on it until a
+            # commit (docs/format.md section 6); a crash before then leaves no specimen or this one.
+            fsync_many([*(tmp / name for name in scaffold), tmp])
             try:
                 os.rename(tmp, target)
             except OSError:
                 raise AlreadyExistsError(f"specimen {specimen_id} was created concurrently") from None
-            fsync_dir(self.specimens_dir)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -422,21 +429,22 @@ class Vault:
         # Writers hold the gc lock shared, so `vault gc --grace 0` never prunes objects that a
         # commit has written but not yet referenced.
         with FileLock(self.gc_lock_path, shared=True):
+            # One batch for the files and the commit object: everything is hashed first, then
+            # made durable in two concurrent fsync rounds (bytes, then names), all before the
+            # ref can point at them. Files the working index vouches for (tensor chunks) are
+            # objects already, made durable when they were written.
+            batch = self.objects.batch()
             tree: dict[str, TreeEntry] = {}
             for rel in files:
-                digest, size = self.objects.put_file(wd / rel, known.get(rel), sync_dir=False)
+                digest, size = batch.add_file(wd / rel, known.get(rel))
                 tree[rel] = TreeEntry(digest, size, kind_of(rel))
             commit = Commit(
                 specimen_id=specimen_id, created=utc_now(),
                 author=author or os.environ.get(AUTHOR_ENV) or _login_name(),
                 message=message, manifest=manifest, parents=tuple(parent_digests), tree=tree,
             )
-            digest = self.objects.put_bytes(commit.to_bytes(), sync_dir=False)
-            # One round of directory fsyncs makes every new object name durable before the
-            # ref can point at them (the first fsync commits them all in one journal transaction).
-            # Files the working index vouches for were fsynced into objects/ when written.
-            self.objects.sync([digest, *(e.digest for rel, e in tree.items()
-                                         if known.get(rel) != e.digest)])
+            digest = batch.add_bytes(commit.to_bytes())
+            batch.publish()
             self.refs.create(specimen_id, digest, commit.created)
         self._after_commit(specimen_id, digest, commit)
         return commit

@@ -1,0 +1,132 @@
+"""The object store's batch path (what a commit uses) and the concurrent fsync helper."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from cas_vault import Vault
+from cas_vault.atomic import fsync_many
+from cas_vault.digest import hash_bytes, hash_file
+from cas_vault.errors import IntegrityError
+from cas_vault.objects import ObjectStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ObjectStore:
+    (tmp_path / "objects").mkdir()
+    return ObjectStore(tmp_path / "objects", tmp_path / "tmp")
+
+
+def test_fsync_many_covers_files_and_directories(tmp_path: Path) -> None:
+    files = []
+    for i in range(20):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(b"x" * i)
+        files.append(p)
+    fsync_many([*files, tmp_path, files[0]])  # duplicates are fine
+    fsync_many([])
+
+
+def test_fsync_many_raises_after_the_others_finish(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    good.write_bytes(b"ok")
+    with pytest.raises(FileNotFoundError):
+        fsync_many([good, tmp_path / "missing", tmp_path])
+    with pytest.raises(FileNotFoundError):
+        fsync_many([tmp_path / "missing"])
+
+
+def test_batch_names_objects_by_digest_links_files_and_cleans_temps(store: ObjectStore, tmp_path: Path) -> None:
+    src = tmp_path / "result.bin"
+    src.write_bytes(b"measurements")
+    batch = store.batch()
+    d_file, size = batch.add_file(src)
+    d_blob = batch.add_bytes(b"commit bytes")
+    # Nothing is visible under an object name before publish.
+    assert not store.has(d_file) and not store.has(d_blob)
+    batch.publish()
+    assert (d_file, size) == hash_file(src)
+    assert d_blob == hash_bytes(b"commit bytes")
+    assert store.get(d_blob) == b"commit bytes"
+    # The working file became the object: one inode, read-only, no copy.
+    assert os.stat(store.path(d_file)).st_ino == os.stat(src).st_ino
+    assert os.stat(store.path(d_file)).st_mode & 0o222 == 0
+    assert os.stat(store.path(d_blob)).st_mode & 0o222 == 0
+    assert not any(store.tmp_dir.iterdir())
+    with pytest.raises(RuntimeError):
+        batch.publish()
+
+
+def test_batch_keeps_existing_objects_and_refreshes_their_mtime(store: ObjectStore, tmp_path: Path) -> None:
+    digest = store.put_bytes(b"same")
+    old = time.time() - 3600
+    os.utime(store.path(digest), (old, old))
+    ino = os.stat(store.path(digest)).st_ino
+    src = tmp_path / "copy"
+    src.write_bytes(b"same")
+    batch = store.batch()
+    assert batch.add_file(src)[0] == digest
+    assert batch.add_bytes(b"same") == digest
+    batch.publish()
+    st = os.stat(store.path(digest))
+    assert st.st_ino == ino  # not replaced
+    assert st.st_mtime > old + 3000  # gc's grace period protects it again
+    assert os.stat(src).st_ino != ino  # an existing object is not relinked
+
+
+def test_batch_dedups_within_itself(store: ObjectStore, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"twin")
+    b.write_bytes(b"twin")
+    batch = store.batch()
+    assert batch.add_file(a)[0] == batch.add_file(b)[0]
+    batch.publish()
+    assert len(list(store.iter_digests())) == 1
+
+
+def test_batch_trusts_a_known_digest_only_for_the_same_inode(store: ObjectStore, tmp_path: Path) -> None:
+    real = store.put_bytes(b"chunk")
+    linked = tmp_path / "linked"
+    os.link(store.path(real), linked)
+    lying = tmp_path / "lying"
+    lying.write_bytes(b"other bytes")
+    batch = store.batch()
+    assert batch.add_file(linked, known=real) == (real, 5)
+    assert batch.add_file(lying, known=real)[0] == hash_bytes(b"other bytes")
+    batch.publish()
+    assert store.get(hash_bytes(b"other bytes")) == b"other bytes"
+
+
+def test_batch_refuses_a_file_that_changes_while_hashed(store: ObjectStore, tmp_path: Path, monkeypatch) -> None:
+    src = tmp_path / "growing"
+    src.write_bytes(b"a" * 100)
+    import cas_vault.objects as objects_mod
+
+    real_hash = objects_mod.hash_file
+
+    def hash_then_append(path: Path):
+        out = real_hash(path)
+        with open(path, "ab") as f:
+            f.write(b"more")
+        return out
+
+    monkeypatch.setattr(objects_mod, "hash_file", hash_then_append)
+    with pytest.raises(IntegrityError, match="changed while"):
+        store.batch().add_file(src)
+
+
+def test_commit_leaves_no_intent_and_a_single_read_only_ref(vault: Vault, make_specimen) -> None:
+    make_specimen("2024_12_19_a")
+    c = vault.commit("2024_12_19_a")
+    ref = vault.refs.refs_dir / "2024_12_19_a"
+    st = os.stat(ref)
+    assert ref.read_text("ascii") == c.digest + "\n"
+    assert st.st_nlink == 1  # the intent file it was linked from is gone
+    assert st.st_mode & 0o222 == 0
+    pending = vault.refs.pending_dir
+    assert not pending.exists() or not any(pending.iterdir())
+    assert not any(vault.objects.tmp_dir.iterdir())
