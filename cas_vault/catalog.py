@@ -67,6 +67,8 @@ STALE_MARKER = "catalog.stale"
 IDLE_CLOSE_SECONDS = 0.5
 #: A commit indexes at most this many journal lines itself; more is left to `vault index`.
 MAX_LINES_PER_COMMIT = 256
+#: Updates indexing more journal lines than this use all of DuckDB's threads.
+BIG_UPDATE = 64
 #: WAL size at which a writer's commit checkpoints it into the database file.
 CHECKPOINT_THRESHOLD = "1MB"
 #: Tables a user can query.
@@ -394,6 +396,9 @@ class CatalogWriter:
         # the log that readers replay short instead.
         self._conn.execute("PRAGMA disable_checkpoint_on_shutdown")
         self._conn.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
+        # A commit's update is a few one-row statements: waking DuckDB's worker threads for
+        # each costs more than it saves (about 1 ms per commit here). Big updates raise it.
+        self._conn.execute("SET threads = 1")
         self._forget()
         return self._conn
 
@@ -516,8 +521,29 @@ class CatalogWriter:
             assert pending is not None
         if max_lines is not None and len(pending) > max_lines:
             raise _TooMuchPending(f"{len(pending)} commits are not indexed yet")
+        if len(pending) > BIG_UPDATE:
+            conn.execute(f"SET threads = {os.cpu_count() or 1}")
+        try:
+            return self._write(conn, state, pending, known, rebuilt, created, t0)
+        finally:
+            if len(pending) > BIG_UPDATE:
+                try:
+                    conn.execute("SET threads = 1")
+                except Exception:  # a tuning knob on a connection that failed: _forget() ran
+                    pass
+
+    def _write(
+        self, conn: duckdb.DuckDBPyConnection, state: _State, pending: list[_Pending],
+        known: Mapping[str, Commit], rebuilt: bool, created: str, t0: float,
+    ) -> IndexResult:
+        """Write the rows of ``pending`` and the new ``_state`` in one transaction.
+
+        An unreadable Parquet object is left out of ``metrics`` (it is still in ``objects``):
+        the transaction is redone without it.
+        """
         skip: set[str] = set()
-        for _attempt in range(8):
+        grouped = True
+        for _attempt in range(9):
             conn.execute("BEGIN TRANSACTION")
             try:
                 cache = self._cache
@@ -528,7 +554,7 @@ class CatalogWriter:
                     cache.digests = set()
                 elif cache.digests is None:
                     cache.digests = {r[0] for r in conn.execute("SELECT DISTINCT digest FROM objects").fetchall()}
-                self._index_lines(conn, pending, known, skip, cache.digests)
+                self._index_lines(conn, pending, known, skip, cache.digests, grouped)
                 new_state = _advance(state, pending)
                 values = [SCHEMA_VERSION, created, new_state.journal_lines, new_state.journal_offset,
                           new_state.tip_offset, new_state.tip]
@@ -547,7 +573,10 @@ class CatalogWriter:
             except _BadParquet as bad:
                 conn.execute("ROLLBACK")
                 self._forget()
-                skip.add(bad.digest)
+                if bad.digest:
+                    skip.add(bad.digest)
+                else:  # a multi-file insert failed: redo file by file to find the culprit
+                    grouped = False
             except BaseException:
                 try:
                     conn.execute("ROLLBACK")
@@ -604,7 +633,7 @@ class CatalogWriter:
     # -- rows ----------------------------------------------------------------------------
     def _index_lines(
         self, conn: duckdb.DuckDBPyConnection, pending: list[_Pending],
-        known: Mapping[str, Commit], skip: set[str], seen: set[str],
+        known: Mapping[str, Commit], skip: set[str], seen: set[str], grouped: bool = True,
     ) -> None:
         if not pending:
             return
@@ -660,8 +689,11 @@ class CatalogWriter:
             _insert(conn, "objects", obj, lambda: pa.schema([
                 ("digest", pa.string()), ("size", pa.int64()), ("kind", pa.string()),
                 ("specimen_id", pa.string()), ("path", pa.string())]))
-        for sid, name, digest in parquet:
-            self._insert_metrics(conn, sid, name, digest)
+        if grouped and len(parquet) > 1:
+            self._insert_metrics_grouped(conn, parquet)
+        else:
+            for sid, name, digest in parquet:
+                self._insert_metrics(conn, sid, name, digest)
 
     def _config_json(self, c: Commit) -> str | None:
         entry = c.tree.get("strata/config.msgpack")
@@ -693,6 +725,57 @@ class CatalogWriter:
             )
         except duckdb.Error as exc:
             raise _BadParquet(digest, str(exc)) from None
+
+    def _insert_metrics_grouped(
+        self, conn: duckdb.DuckDBPyConnection, parquet: list[tuple[str, str, str]]
+    ) -> None:
+        """Insert many metrics files with one statement per schema instead of one per file.
+
+        A statement costs about a millisecond whatever it reads, so a batch or a rebuild of
+        thousands of small files is dominated by their count. Files are grouped by schema (one
+        SELECT list each) and read by one ``read_parquet`` of a path list; the row order stays
+        file by file, row by row. A path appears once per statement (identical metrics are one
+        object shared by several specimens), so repeats go to a later statement.
+
+        Raises:
+            _BadParquet: with no digest if a statement failed; the caller redoes the update
+                file by file, which names the unreadable object.
+        """
+        import duckdb
+        import pyarrow.parquet as pq
+
+        groups: dict[tuple[tuple[str, str], ...], list[list[tuple[str, str, str]]]] = {}
+        for sid, name, digest in parquet:
+            path = str(self.vault.objects.path(digest))
+            try:
+                schema = pq.read_schema(path)
+            except Exception:
+                continue  # not a readable Parquet file: the objects table still lists it
+            key = tuple((f.name, str(f.type)) for f in schema)
+            rounds = groups.setdefault(key, [])
+            for batch in rounds:  # the first statement of this schema not reading this path yet
+                if all(p != path for _, _, p in batch):
+                    batch.append((sid, name, path))
+                    break
+            else:
+                rounds.append([(sid, name, path)])
+        try:
+            for key, rounds in groups.items():
+                for batch in rounds:
+                    plan = self._cache.plans.get(key)
+                    if plan is None:
+                        plan = self._cache.plans[key] = self._plan(conn, batch[0][2])
+                    sids, names, paths = (list(col) for col in zip(*batch, strict=True))
+                    conn.execute(
+                        f"INSERT INTO metrics BY NAME SELECT (?::VARCHAR[])[_cas_idx] AS specimen_id, "
+                        f"(?::VARCHAR[])[_cas_idx] AS file{plan} FROM (SELECT *, "
+                        "list_position(?::VARCHAR[], _cas_path) AS _cas_idx FROM read_parquet("
+                        "?::VARCHAR[], filename = '_cas_path', file_row_number = true)) "
+                        "ORDER BY _cas_idx, file_row_number",
+                        [sids, names, paths, paths],
+                    )
+        except duckdb.Error as exc:
+            raise _BadParquet("", str(exc)) from None
 
     def _plan(self, conn: duckdb.DuckDBPyConnection, path: str) -> str:
         """Make ``metrics`` able to hold this file's columns; return the SELECT list for it."""

@@ -235,6 +235,7 @@ class ObjectBatch:
         self._link: dict[Digest, tuple[Path, bool]] = {}  # digest -> (source, source is a temp)
         self._names: set[Digest] = set()  # objects whose fan-out directory must be fsynced
         self._existing: set[Digest] = set()  # stored before: refreshed for gc's grace period
+        self._moves: list[tuple[Path, Path]] = []  # (temp file, destination) outside objects/
         self._published = False
 
     def add_file(self, src: Path, known: Digest | None = None) -> tuple[Digest, int]:
@@ -293,6 +294,19 @@ class ObjectBatch:
             self._link[digest] = (write_temp(self.store.tmp_dir, data, _OBJECT_MODE), True)
         return digest
 
+    def add_move(self, tmp: Path, dest: Path) -> None:
+        """Also move a file outside ``objects/`` into place, durably, in the same two rounds.
+
+        ``tmp`` (written without fsync) is fsynced with the objects' bytes, renamed over
+        ``dest``, and ``dest``'s directory is fsynced with the objects' directories. A commit
+        uses it for its ref's intent file (docs/format.md section 5).
+
+        Args:
+            tmp: a temp file in ``dest``'s directory.
+            dest: its final name (replaced if it exists).
+        """
+        self._moves.append((tmp, dest))
+
     def publish(self) -> None:
         """Make every staged object durable under its name. Call once.
 
@@ -304,7 +318,9 @@ class ObjectBatch:
             raise RuntimeError("ObjectBatch.publish() was called twice")
         self._published = True
         try:
-            fsync_many(src for src, _ in self._link.values())
+            fsync_many([*(src for src, _ in self._link.values()), *(tmp for tmp, _ in self._moves)])
+            for tmp, dest in self._moves:
+                os.replace(tmp, dest)
             for digest, (src, is_temp) in self._link.items():
                 dest = self.store.path(digest)
                 try:
@@ -323,8 +339,11 @@ class ObjectBatch:
                 ObjectStore._touch(self.store.path(digest))
             # Existing objects are named here too: the process that linked them may have
             # crashed before fsyncing their directory.
-            self.store.sync(sorted(self._names))
+            fsync_many([*(self.store.root / d[:2] for d in sorted(self._names)),
+                        *(dest.parent for _, dest in self._moves)])
         finally:
             for src, is_temp in self._link.values():
                 if is_temp:
                     src.unlink(missing_ok=True)
+            for tmp, _ in self._moves:
+                tmp.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import FileLock, append_durable, fsync_dir, link_if_absent, write_replace
+from .atomic import FileLock, append_durable, fsync_dir, link_if_absent, write_replace, write_temp
 from .digest import Digest, hash_bytes, is_digest
 from .errors import ImmutableError, InvalidInputError
 from .ids import validate_id
@@ -32,6 +32,11 @@ __all__ = ["GENESIS", "JournalEntry", "RefStore"]
 _REF_MODE = 0o444
 #: The ``prev`` of the first journal entry.
 GENESIS = Digest("0" * 64)
+
+
+def _ref_bytes(commit: str) -> bytes:
+    """The bytes of a ref file (and of its intent file): the digest and a newline."""
+    return (commit + "\n").encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,21 @@ class RefStore:
             yield JournalEntry.decode(line, i)
 
     # -- writing -----------------------------------------------------------------------------
+    def intent_temp(self, specimen_id: str, commit: Digest) -> tuple[Path, Path]:
+        """Write the intent file of a coming :meth:`create` to a temp file, without fsync.
+
+        A commit moves it into place (fsync, rename, fsync ``locks/pending/``) together with its
+        objects, saving :meth:`create` two waits for the disk. Done outside the refs lock, so
+        another writer's recovery may remove the intent before :meth:`create` runs: ``create``
+        checks, and writes it again if so.
+
+        Returns:
+            ``(temp file, intent path)``.
+        """
+        validate_id(specimen_id)
+        tmp = write_temp(self.pending_dir, _ref_bytes(commit), _REF_MODE)
+        return tmp, self.pending_dir / specimen_id
+
     def create(self, specimen_id: str, commit: Digest, time: str) -> None:
         """Create the ref ``specimen_id`` -> ``commit`` and journal it.
 
@@ -178,17 +198,27 @@ class RefStore:
         with FileLock(self.lock_path):
             self._recover_locked()
             existing = self.get(specimen_id)
+            data = _ref_bytes(commit)
+            intent = self.pending_dir / specimen_id
             if existing is not None:
+                try:
+                    if intent.read_bytes() == data:  # ours, from intent_temp: never to be used
+                        intent.unlink()
+                except FileNotFoundError:
+                    pass
                 raise ImmutableError(
                     f"specimen {specimen_id} is already committed as {existing}; committed "
                     "specimens never change: create a new specimen (vault new NEW_ID --parent "
                     f"{specimen_id}) for a variation"
                 )
-            data = (commit + "\n").encode("ascii")
-            intent = self.pending_dir / specimen_id
-            # The intent file has exactly the ref's bytes and mode, so once it is durable the
-            # ref is made by hard-linking it: no second file to write and fsync.
-            write_replace(intent, data, mode=_REF_MODE)
+            try:
+                ready = intent.read_bytes() == data  # made durable by the commit (intent_temp)
+            except FileNotFoundError:
+                ready = False
+            if not ready:
+                # The intent file has exactly the ref's bytes and mode, so once it is durable
+                # the ref is made by hard-linking it: no second file to write and fsync.
+                write_replace(intent, data, mode=_REF_MODE)
             if not link_if_absent(intent, self.refs_dir / specimen_id):
                 intent.unlink(missing_ok=True)
                 raise ImmutableError(f"specimen {specimen_id} was committed concurrently")

@@ -444,6 +444,7 @@ class Vault:
                 message=message, manifest=manifest, parents=tuple(parent_digests), tree=tree,
             )
             digest = batch.add_bytes(commit.to_bytes())
+            batch.add_move(*self.refs.intent_temp(specimen_id, digest))
             batch.publish()
             self.refs.create(specimen_id, digest, commit.created)
         self._after_commit(specimen_id, digest, commit)

@@ -365,3 +365,31 @@ def test_batch_defers_the_catalog_to_one_update_at_the_end(tmp_path) -> None:
     assert indexed_commits(v) == {f"b{i}": v.resolve(f"b{i}") for i in range(3)}
     df = v.query("SELECT specimen_id, max(loss) AS m FROM metrics GROUP BY 1 ORDER BY 1")
     assert df["specimen_id"].to_list() == ["b0", "b1", "b2"]
+
+
+def test_bulk_indexing_keeps_row_order_and_shared_metrics_objects(vault) -> None:
+    """A rebuild or batch reads many files per statement: rows stay in file order, and one
+    Parquet object shared by several specimens (identical metrics) gives rows to each."""
+    steps = list(range(50))[::-1]  # deliberately not sorted: order must come from the file
+    with vault.batch():
+        for sid, scale in (("a", 1.0), ("b", 2.0), ("twin_of_a", 1.0), ("c", 3.0)):
+            SpecimenStorage(vault.new(sid, domain="training", method="fine_tuning")).write_metrics(
+                {"step": steps, "loss": [scale * s for s in steps]})
+            vault.commit(sid)
+        SpecimenStorage(vault.new("other_schema", domain="training", method="fine_tuning")).write_metrics(
+            {"epoch": [1, 2], "acc": [0.5, 0.75]})
+        vault.commit("other_schema")
+    assert vault.get("a").tree["strata/metrics.parquet"].digest == \
+        vault.get("twin_of_a").tree["strata/metrics.parquet"].digest
+
+    def table() -> list[tuple]:
+        return _rows(vault, "SELECT specimen_id, step, loss, epoch, acc FROM metrics")  # insertion order
+
+    for rows in (table(), (vault.index(rebuild=True), table())[1]):
+        by: dict[str, list[tuple]] = {}
+        for r in rows:
+            by.setdefault(r[0], []).append(r[1:])
+        assert set(by) == {"a", "b", "twin_of_a", "c", "other_schema"}
+        for sid, scale in (("a", 1.0), ("b", 2.0), ("twin_of_a", 1.0), ("c", 3.0)):
+            assert by[sid] == [(s, scale * s, None, None) for s in steps]
+        assert by["other_schema"] == [(None, None, 1, 0.5), (None, None, 2, 0.75)]

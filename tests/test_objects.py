@@ -130,3 +130,47 @@ def test_commit_leaves_no_intent_and_a_single_read_only_ref(vault: Vault, make_s
     pending = vault.refs.pending_dir
     assert not pending.exists() or not any(pending.iterdir())
     assert not any(vault.objects.tmp_dir.iterdir())
+
+
+def test_batch_moves_companion_files_into_place(store: ObjectStore, tmp_path: Path) -> None:
+    side = tmp_path / "side"
+    side.mkdir()
+    (side / "intent").write_bytes(b"old")
+    tmp = side / ".w.tmp"
+    tmp.write_bytes(b"new")
+    batch = store.batch()
+    batch.add_bytes(b"blob")
+    batch.add_move(tmp, side / "intent")
+    batch.publish()
+    assert (side / "intent").read_bytes() == b"new" and not tmp.exists()
+
+
+def test_create_rewrites_an_intent_removed_by_another_writers_recovery(
+    vault: Vault, make_specimen, monkeypatch
+) -> None:
+    from cas_vault.errors import ImmutableError
+    from cas_vault.objects import ObjectBatch
+
+    make_specimen("2024_12_19_a")
+    make_specimen("2024_12_19_b")
+    # The commit's intent reaches locks/pending/ with its objects; then another writer's
+    # recovery (which sees an intent without a ref) removes it before this commit takes the lock.
+    real_publish = ObjectBatch.publish
+
+    def publish_then_recover(self: ObjectBatch) -> None:
+        real_publish(self)
+        vault.refs.recover()
+
+    monkeypatch.setattr(ObjectBatch, "publish", publish_then_recover)
+    c = vault.commit("2024_12_19_a")
+    monkeypatch.undo()
+    assert vault.resolve("2024_12_19_a") == c.digest
+    assert [e.specimen_id for e in vault.refs.entries()] == ["2024_12_19_a"]
+    assert not [p for p in vault.refs.pending_dir.iterdir() if not p.name.startswith(".")]
+    # A refused ref creation (id taken concurrently) leaves no intent of its own behind.
+    c2 = vault.commit("2024_12_19_b")
+    tmp, intent = vault.refs.intent_temp("2024_12_19_b", c.digest)
+    tmp.rename(intent)
+    with pytest.raises(ImmutableError, match="already committed"):
+        vault.refs.create("2024_12_19_b", c.digest, "2026-01-01T00:00:00.000000Z")
+    assert not intent.exists() and vault.resolve("2024_12_19_b") == c2.digest
