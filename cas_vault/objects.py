@@ -295,15 +295,16 @@ class ObjectBatch:
         return digest
 
     def add_move(self, tmp: Path, dest: Path) -> None:
-        """Also move a file outside ``objects/`` into place, durably, in the same two rounds.
+        """Also put a file outside ``objects/`` into place, durably, in the same two rounds.
 
-        ``tmp`` (written without fsync) is fsynced with the objects' bytes, renamed over
-        ``dest``, and ``dest``'s directory is fsynced with the objects' directories. A commit
-        uses it for its ref's intent file (docs/format.md section 5).
+        ``tmp`` (written without fsync) is fsynced with the objects' bytes, linked to ``dest``
+        unless ``dest`` exists (an existing file is never replaced: the caller checks it later
+        under its own lock), and ``dest``'s directory is fsynced with the objects' directories.
+        A commit uses it for its ref's intent file (docs/format.md section 5).
 
         Args:
-            tmp: a temp file in ``dest``'s directory.
-            dest: its final name (replaced if it exists).
+            tmp: a temp file on the same filesystem as ``dest``; removed by :meth:`publish`.
+            dest: its final name.
         """
         self._moves.append((tmp, dest))
 
@@ -320,7 +321,7 @@ class ObjectBatch:
         try:
             fsync_many([*(src for src, _ in self._link.values()), *(tmp for tmp, _ in self._moves)])
             for tmp, dest in self._moves:
-                os.replace(tmp, dest)
+                link_if_absent(tmp, dest, sync_dir=False)
             for digest, (src, is_temp) in self._link.items():
                 dest = self.store.path(digest)
                 try:

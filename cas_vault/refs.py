@@ -171,10 +171,11 @@ class RefStore:
     def intent_temp(self, specimen_id: str, commit: Digest) -> tuple[Path, Path]:
         """Write the intent file of a coming :meth:`create` to a temp file, without fsync.
 
-        A commit moves it into place (fsync, rename, fsync ``locks/pending/``) together with its
-        objects, saving :meth:`create` two waits for the disk. Done outside the refs lock, so
-        another writer's recovery may remove the intent before :meth:`create` runs: ``create``
-        checks, and writes it again if so.
+        A commit puts it in place (fsync, link unless an intent for the id exists, fsync
+        ``locks/pending/``) together with its objects, saving :meth:`create` two waits for the
+        disk. That happens outside the refs lock, so another writer's recovery may remove it, or
+        a crashed commit's intent may hold the name: :meth:`create` recovers the latter under
+        the lock and writes the intent again if it is not there with these bytes.
 
         Returns:
             ``(temp file, intent path)``.
@@ -196,9 +197,9 @@ class RefStore:
         """
         validate_id(specimen_id)
         with FileLock(self.lock_path):
-            self._recover_locked()
-            existing = self.get(specimen_id)
             data = _ref_bytes(commit)
+            self._recover_locked(keep=(specimen_id, data))
+            existing = self.get(specimen_id)
             intent = self.pending_dir / specimen_id
             if existing is not None:
                 try:
@@ -293,33 +294,51 @@ class RefStore:
         if new_file:
             fsync_dir(self.journal.parent)
 
-    def _recover_locked(self) -> list[str]:
+    def _recover_locked(self, keep: tuple[str, bytes] | None = None) -> list[str]:
         """Repair what a crash between ref creation and journal append left.
 
         Drops a partial last journal line, then journals refs that have no entry but do have an
         intent file (their commit was interrupted after the ref was created), and removes intent
-        files whose work is finished or never started. Returns the ids it journaled.
+        files whose work is finished or never started. Only the rare intent whose ref exists
+        (a crash) costs a read of the whole journal. Returns the ids it journaled.
+
+        Args:
+            keep: ``(id, ref bytes)`` of the ref the caller is creating: an intent file with
+                exactly these bytes is the caller's own (put in place before the lock was
+                taken, see :meth:`intent_temp`), not a leftover.
         """
         self._drop_partial_line()
         intents = (sorted(n for n in os.listdir(self.pending_dir) if not n.startswith("."))
                    if self.pending_dir.is_dir() else [])
-        if not intents:
+        with_ref: list[tuple[str, Digest]] = []
+        for name in intents:
+            intent = self.pending_dir / name
+            try:
+                raw = intent.read_bytes()
+                if keep is not None and (name, raw) == keep:
+                    continue
+                text = raw.strip().decode("ascii", "replace")
+                d = self.get(name)
+            except InvalidInputError:
+                d = None
+            except FileNotFoundError:
+                continue
+            if d is not None and text == d:
+                with_ref.append((name, d))
+            else:  # never started (no ref), or not this ref's: nothing to finish
+                intent.unlink(missing_ok=True)
+        if not with_ref:
             return []
         try:
             journaled = self._journaled_ids()
         except InvalidInputError:
             return []  # a damaged journal is verify's to report, not ours to rewrite
         missing = []
-        for name in intents:
-            intent = self.pending_dir / name
-            try:
-                d = self.get(name) if name not in journaled else None
-            except InvalidInputError:
-                d = None
-            if d is not None and intent.read_bytes().strip().decode("ascii", "replace") == d:
-                missing.append(((self.refs_dir / name).stat().st_mtime_ns, name, d))
+        for name, d in with_ref:
+            if name in journaled:
+                (self.pending_dir / name).unlink(missing_ok=True)
             else:
-                intent.unlink(missing_ok=True)
+                missing.append(((self.refs_dir / name).stat().st_mtime_ns, name, d))
         from .commit import utc_now
 
         for _, name, d in sorted(missing):

@@ -132,17 +132,39 @@ def test_commit_leaves_no_intent_and_a_single_read_only_ref(vault: Vault, make_s
     assert not any(vault.objects.tmp_dir.iterdir())
 
 
-def test_batch_moves_companion_files_into_place(store: ObjectStore, tmp_path: Path) -> None:
+def test_batch_puts_companion_files_in_place_without_replacing(store: ObjectStore, tmp_path: Path) -> None:
     side = tmp_path / "side"
     side.mkdir()
-    (side / "intent").write_bytes(b"old")
-    tmp = side / ".w.tmp"
-    tmp.write_bytes(b"new")
+    (side / "taken").write_bytes(b"old")
+    fresh, clash = side / ".w1.tmp", side / ".w2.tmp"
+    fresh.write_bytes(b"new")
+    clash.write_bytes(b"new")
     batch = store.batch()
     batch.add_bytes(b"blob")
-    batch.add_move(tmp, side / "intent")
+    batch.add_move(fresh, side / "intent")
+    batch.add_move(clash, side / "taken")
     batch.publish()
-    assert (side / "intent").read_bytes() == b"new" and not tmp.exists()
+    assert (side / "intent").read_bytes() == b"new"
+    assert (side / "taken").read_bytes() == b"old"  # checked later, under the caller's lock
+    assert not fresh.exists() and not clash.exists()
+
+
+def test_a_commit_uses_its_own_intent_and_reads_only_the_journal_tail(
+    vault: Vault, make_specimen, monkeypatch
+) -> None:
+    """The intent made durable with the objects is used as is: no rewrite, no journal scan."""
+    import cas_vault.refs as refs_mod
+
+    for i in range(3):
+        make_specimen(f"s{i}")
+        vault.commit(f"s{i}")
+    make_specimen("s3")
+    calls: list[str] = []
+    monkeypatch.setattr(refs_mod, "write_replace", lambda *a, **k: calls.append("write_replace"))
+    monkeypatch.setattr(refs_mod.RefStore, "_journaled_ids", lambda self: calls.append("scan") or set())
+    vault.commit("s3")
+    assert calls == []
+    assert [e.specimen_id for e in vault.refs.entries()] == ["s0", "s1", "s2", "s3"]
 
 
 def test_create_rewrites_an_intent_removed_by_another_writers_recovery(
