@@ -27,7 +27,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -290,24 +290,48 @@ def connect_read_only(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
         LockTimeoutError: if a writer held it for longer than ``timeout`` seconds.
         InvalidInputError: if it is not a DuckDB database this version can read.
     """
+    return _connect_retrying(
+        path, timeout, read_only=True,
+        busy=f"{path} has been open for writing by another process for over {timeout:g} s "
+             "(a commit or `vault index`); try again when it finishes",
+    )
+
+
+def _connect_retrying(
+    path: Path, timeout: float, *, read_only: bool, busy: str,
+    repair: Callable[[Exception], bool] | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """Open ``path``, waiting (with backoff) while another process has it in a conflicting mode.
+
+    Args:
+        path: the database file.
+        timeout: seconds to wait for other processes.
+        read_only: open read-only (readers) or read-write (the writer).
+        busy: the message of the error raised when ``timeout`` passes.
+        repair: called with an error that is not a lock conflict; returning True retries at
+            once (it fixed something), False gives up.
+
+    Raises:
+        LockTimeoutError: with ``busy`` after ``timeout`` seconds of conflicts.
+        InvalidInputError: if the file cannot be opened as a DuckDB catalog.
+    """
     import duckdb
 
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:
         try:
-            return duckdb.connect(str(path), read_only=True)
+            return duckdb.connect(str(path), read_only=read_only)
         except duckdb.Error as exc:
             if not _is_lock_conflict(exc):
+                if repair is not None and repair(exc):
+                    continue
                 raise InvalidInputError(
                     f"{path} cannot be opened as a DuckDB catalog ({exc}); it is derived data: "
                     "run `vault index --rebuild` to recreate it"
                 ) from None
             if time.monotonic() >= deadline:
-                raise LockTimeoutError(
-                    f"{path} has been open for writing by another process for over "
-                    f"{timeout:g} s (a commit or `vault index`); try again when it finishes"
-                ) from None
+                raise LockTimeoutError(busy) from None
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
 
@@ -355,42 +379,31 @@ class CatalogWriter:
 
     # -- connection ----------------------------------------------------------------------
     def _connect(self, timeout: float, rebuild: bool) -> duckdb.DuckDBPyConnection:
-        import duckdb
-
         if self._conn is not None:
             return self._conn
         wal = Path(f"{self.path}.wal")
         if not self.path.exists():  # a log without its database (deleted by hand) is garbage
             wal.unlink(missing_ok=True)
-        deadline = time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            try:
-                self._conn = duckdb.connect(str(self.path))
-                break
-            except duckdb.Error as exc:
-                if "WAL" in str(exc) and "does not match" in str(exc) and wal.exists():
-                    # The log belongs to another database file (one was replaced by hand). It
-                    # only holds catalog transactions, which `_state` will make us redo.
-                    wal.unlink()
-                    continue
-                if not _is_lock_conflict(exc):
-                    if rebuild:  # derived data we cannot open: start from an empty file
-                        self.path.unlink(missing_ok=True)
-                        wal.unlink(missing_ok=True)
-                        rebuild = False
-                        continue
-                    raise InvalidInputError(
-                        f"{self.path} cannot be opened as a DuckDB catalog ({exc}); it is "
-                        "derived data: run `vault index --rebuild` to recreate it"
-                    ) from None
-                if time.monotonic() >= deadline:
-                    raise LockTimeoutError(
-                        f"{self.path} is open in another process (a query or a commit) for over "
-                        f"{timeout:g} s; try again when it finishes"
-                    ) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
+
+        def repair(exc: Exception) -> bool:
+            nonlocal rebuild
+            if "WAL" in str(exc) and "does not match" in str(exc) and wal.exists():
+                # The log belongs to another database file (one was replaced by hand). It
+                # only holds catalog transactions, which `_state` will make us redo.
+                wal.unlink()
+                return True
+            if rebuild:  # derived data we cannot open: start from an empty file
+                self.path.unlink(missing_ok=True)
+                wal.unlink(missing_ok=True)
+                rebuild = False
+                return True
+            return False
+
+        self._conn = _connect_retrying(
+            self.path, timeout, read_only=False, repair=repair,
+            busy=f"{self.path} is open in another process (a query or a commit) for over "
+                 f"{timeout:g} s; try again when it finishes",
+        )
         # Closing must write nothing (an idle connection is closed by a timer, maybe while the
         # user moves or deletes the vault): no checkpoint on close; a small WAL threshold keeps
         # the log that readers replay short instead.

@@ -86,17 +86,20 @@ class ChecksumMismatch(IntegrityError):
         got: the digest of the bytes actually found.
     """
 
-    def __init__(self, expected: str, got: str, what: str = "object") -> None:
+    def __init__(self, expected: str, got: str, what: str = "object", incoming: bool = False) -> None:
         self.expected = expected
         self.got = got
         self.what = what
-        super().__init__(
-            f"{what} should have BLAKE3 {expected} but its bytes hash to {got}; "
-            "the bytes were altered or truncated: run `vault verify` to see everything affected"
-        )
+        self.incoming = incoming
+        if incoming:  # bytes offered to the vault: nothing stored is damaged, nothing was written
+            advice = ("nothing was stored; the data was changed in transit or the expected digest "
+                      "is wrong: check where both came from and try again")
+        else:
+            advice = "the bytes were altered or truncated: run `vault verify` to see everything affected"
+        super().__init__(f"{what} should have BLAKE3 {expected} but its bytes hash to {got}; {advice}")
 
     def __reduce__(self):  # keep pickling working with the custom __init__
-        return (type(self), (self.expected, self.got, self.what))
+        return (type(self), (self.expected, self.got, self.what, self.incoming))
 
 
 class LockTimeoutError(VaultError):

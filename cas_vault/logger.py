@@ -32,7 +32,6 @@ from .atomic import FileLock, write_replace
 from .commit import Commit, utc_now
 from .errors import (
     AlreadyExistsError,
-    ImmutableError,
     InvalidInputError,
     LockTimeoutError,
     NotFoundError,
@@ -400,12 +399,10 @@ class SpecimenLogger:
         from .workdir import read_manifest
 
         v, sid = self.vault, self.specimen_id
-        committed = v.refs.get(sid)
-        if committed is not None:
-            raise ImmutableError(
-                f"specimen {sid} is already committed as {committed}; committed specimens never "
-                f"change: log into a new one, e.g. start_specimen('{sid}_v2', parents=['{sid}'], ...)"
-            )
+        v.check_uncommitted(
+            sid, "committed specimens never change: log into a new one, e.g. "
+                 f"start_specimen('{sid}_v2', parents=['{sid}'], ...)",
+        )
         if not self.path.is_dir():
             a = self._new_args
             if a["domain"] is None or a["method"] is None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .atomic import FileLock, write_replace
 from .commit import utc_now
-from .errors import ImmutableError, InvalidInputError, NotFoundError
+from .errors import InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
     from .vault import Vault
@@ -49,13 +49,12 @@ def append_note(vault: Vault, specimen_id: str, text: str) -> Path:
     if len(text.encode()) > _MAX_NOTE:
         raise InvalidInputError("the note is over 1 MiB; store large text as a file in strata/")
     wd = vault.specimen_dir(specimen_id)
-    committed = vault.refs.get(specimen_id)
-    if committed is not None:
-        raise ImmutableError(
-            f"specimen {specimen_id} is committed ({committed}) and its field notes are sealed; "
-            f"record the note in a new specimen: `vault new {specimen_id}_notes --parent "
-            f"{specimen_id} --domain D --method M`, then `vault note {specimen_id}_notes TEXT`"
-        )
+    vault.check_uncommitted(
+        specimen_id,
+        f"its field notes are sealed: record the note in a new specimen: `vault new "
+        f"{specimen_id}_notes --parent {specimen_id} --domain D --method M`, then "
+        f"`vault note {specimen_id}_notes TEXT`",
+    )
     if not wd.is_dir():
         raise NotFoundError(
             f"no specimen {specimen_id} in {vault.root}; create it with `vault new {specimen_id} "

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .atomic import fsync_dir, fsync_many, link_if_absent, put_if_absent, write_temp
+from .atomic import fsync_many, link_if_absent, put_if_absent, write_temp
 from .digest import Digest, hash_bytes, hash_file, is_digest, parse_digest
 from .errors import ChecksumMismatch, IntegrityError, NotFoundError
 
@@ -82,7 +82,7 @@ class ObjectStore:
             parse_digest(expected, "expected digest")  # a malformed claim is bad input
         digest = hash_bytes(data)
         if expected is not None and digest != expected:
-            raise ChecksumMismatch(str(expected), digest, "incoming object")
+            raise ChecksumMismatch(str(expected), digest, "incoming object", incoming=True)
         path = self.path(digest)
         if not put_if_absent(path, data, self.tmp_dir, mode=_OBJECT_MODE, sync_dir=sync_dir):
             self._touch(path)

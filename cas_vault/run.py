@@ -22,7 +22,6 @@ from . import canonical
 from .atomic import FileLock, write_replace
 from .commit import Commit, utc_now
 from .errors import (
-    ImmutableError,
     InvalidInputError,
     LockTimeoutError,
     NotFoundError,
@@ -111,13 +110,11 @@ def run_protocol(
                                 or not timeout > 0):
         raise InvalidInputError(f"timeout must be a positive number of seconds, not {timeout!r}")
     wd = vault.specimen_dir(specimen_id)
-    existing = vault.refs.get(specimen_id)
-    if existing is not None:
-        raise ImmutableError(
-            f"specimen {specimen_id} is already committed as {existing}; to run it again, create "
-            f"a new specimen: `vault new NEW_ID --parent {specimen_id} ...`, copy protocol.py, "
-            "then `vault run NEW_ID`"
-        )
+    vault.check_uncommitted(
+        specimen_id,
+        f"to run it again, create a new specimen: `vault new NEW_ID --parent {specimen_id} ...`, "
+        "copy protocol.py, then `vault run NEW_ID`",
+    )
     protocol = wd / "protocol.py"
     if not protocol.is_file():
         raise NotFoundError(

@@ -315,11 +315,7 @@ class Vault:
             self.resolve(p)
         metadata = dict(metadata or {})
         canonical.packb(metadata)  # fail before writing if it cannot be stored
-        if self.refs.get(specimen_id) is not None:
-            raise ImmutableError(
-                f"specimen {specimen_id} already exists (committed as {self.refs.get(specimen_id)}); "
-                "choose a different id, e.g. with a _v2 suffix"
-            )
+        self.check_uncommitted(specimen_id, "choose a different id, e.g. with a _v2 suffix")
         target = self.specimen_dir(specimen_id)
         if target.exists():
             raise AlreadyExistsError(
@@ -397,12 +393,10 @@ class Vault:
             InvalidInputError: for a corrupt manifest, bad taxonomy, symlinks, bad message.
         """
         validate_id(specimen_id)
-        existing = self.refs.get(specimen_id)
-        if existing is not None:
-            raise ImmutableError(
-                f"specimen {specimen_id} is already committed as {existing}; committed "
-                f"specimens never change: create a new one with `vault new NEW_ID --parent {specimen_id}`"
-            )
+        self.check_uncommitted(
+            specimen_id,
+            f"committed specimens never change: create a new one with `vault new NEW_ID --parent {specimen_id}`",
+        )
         if not isinstance(message, str):
             raise InvalidInputError("commit message must be a string")
         wd = self.specimen_dir(specimen_id)
@@ -490,6 +484,20 @@ class Vault:
                     update_after_batch(self)
                 except Exception:  # derived data never fails the commits it describes
                     pass
+
+    def check_uncommitted(self, specimen_id: str, advice: str) -> None:
+        """Refuse to go on if ``specimen_id`` is committed: sealed specimens never change.
+
+        Args:
+            specimen_id: a validated id.
+            advice: what the user should do instead (the end of the message).
+
+        Raises:
+            ImmutableError: naming the commit and giving ``advice``.
+        """
+        existing = self.refs.get(specimen_id)
+        if existing is not None:
+            raise ImmutableError(f"specimen {specimen_id} is already committed as {existing}; {advice}")
 
     def _resolve_parents(self, parents: Sequence[str]) -> list[Digest]:
         out: list[Digest] = []

@@ -232,6 +232,8 @@ def test_put_bytes_with_wrong_expected_digest_writes_nothing(v: Vault) -> None:
         v.objects.put_bytes(data, expected=wrong)
     assert info.value.expected == wrong
     assert info.value.got == blake3.blake3(data).hexdigest()
+    # Nothing stored is damaged, so the message does not send the user to `vault verify`.
+    assert "nothing was stored" in str(info.value) and "vault verify" not in str(info.value)
     assert snapshot(v.root) == before
     assert not v.objects.has(wrong) and not v.objects.has(info.value.got)
     with pytest.raises(InvalidInputError):

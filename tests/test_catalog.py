@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pytest
 
 from cas_vault import SpecimenStorage, Vault, VaultQuery

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cas_vault import canonical
-from cas_vault.commit import Commit, Manifest, TreeEntry, kind_of
+from cas_vault.commit import Commit, Manifest, TreeEntry, check_tree_path, kind_of
 from cas_vault.digest import EMPTY_DIGEST, hash_bytes, hash_file
 from cas_vault.errors import InvalidInputError
 
@@ -131,3 +131,33 @@ def test_canonical_roundtrip_is_stable(value) -> None:
 ])
 def test_kind_of(path: str, kind: str) -> None:
     assert kind_of(path) == kind
+
+
+def _tree_path_ok_by_definition(path: str) -> bool:
+    """docs/format.md: relative, '/'-separated, no empty, '.', '..' or control-char component."""
+    if not path or path.startswith("/") or "\\" in path:
+        return False
+    return all(part not in ("", ".", "..") and all(ord(c) >= 32 and ord(c) != 127 for c in part)
+               for part in path.split("/"))
+
+
+@pytest.mark.parametrize("path", ["a/b", "strata/x.zarr/c/0/0", ".a", "a..b", "...", "a/.b/c"])
+def test_tree_paths_accepted(path: str) -> None:
+    assert check_tree_path(path) == path
+
+
+@pytest.mark.parametrize("path", ["", "a//b", "./a", "a/.", "a/..", "../x", "a/b/", "/a", "a\\b",
+                                  "a\x01b", "x/\x7f", "a/\nb"])
+def test_tree_paths_refused(path: str) -> None:
+    with pytest.raises(InvalidInputError):
+        check_tree_path(path)
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab./\\\x00\x1f\x7f")), max_size=12))
+def test_tree_path_check_matches_its_definition(path: str) -> None:
+    try:
+        check_tree_path(path)
+        ok = True
+    except InvalidInputError:
+        ok = False
+    assert ok == _tree_path_ok_by_definition(path)
