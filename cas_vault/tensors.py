@@ -4,9 +4,11 @@ A tensor ``name`` of a specimen is the Zarr v3 array ``strata/<name>.zarr``: the
 document ``zarr.json`` and one file per chunk under ``c/`` (default chunk key encoding, "/").
 In a vault every one of those files is an object of ``objects/``: chunks are encoded, hashed and
 stored the moment zarr produces them (see :class:`~cas_vault.zarrstore.ObjectWriteStore`), the
-working directory gets a hard link to each object, and the working index records its digest,
-so ``vault commit`` neither reads nor copies tensor bytes again. Outside a vault (a bare
-directory) the same layout is written as a plain Zarr directory.
+working directory and the object store share one inode per chunk, and the working index records
+its digest, so ``vault commit`` neither reads nor copies tensor bytes again. Uncompressed
+chunks, whose encoding is their raw bytes, skip zarr's pipeline and go to the store straight
+from the source array. Outside a vault (a bare directory) the same layout is written as a
+plain Zarr directory.
 
 Encoding is deterministic (bytes codec, little-endian, optionally zstd at a fixed level with no
 checksum and no threads), so identical data gives identical chunk digests in every run, and
@@ -24,7 +26,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -475,6 +477,13 @@ class _ArrayBuilder:
     encodes it without first copying it into a fresh chunk buffer, and a memmap source is
     read one chunk at a time.
 
+    Raw chunks skip zarr altogether: in a vault, without a compressor, a whole chunk's
+    encoding is just its little-endian C-order bytes, so every chunk that is not cut by the
+    array's edge goes straight to :meth:`ObjectWriteStore.put_chunk` (a view of the source
+    when it is laid out that way already, else one copy in that layout). Zarr's event loop,
+    codec pipeline and per-chunk task bookkeeping cost more CPU than hashing the chunk; edge
+    chunks (padded with the fill value) and compressed chunks still go through zarr.
+
     Args:
         target: where the array goes.
         shape: the initial shape.
@@ -503,21 +512,89 @@ class _ArrayBuilder:
             # anyway, and zarr's emptiness test would cost a full extra pass over the data.
             config={"write_empty_chunks": True},
         ))
+        self.dtype = dtype
+        self.direct = store if self._raw_chunks(store) else None
+
+    def _raw_chunks(self, store: object) -> bool:
+        """Decide whether whole chunks bypass zarr (see the class docstring).
+
+        Checked on the array zarr created (not on our arguments), so a zarr that adds a
+        codec or changes a default sends every chunk back through zarr's own pipeline.
+
+        Args:
+            store: the store the array was created in.
+
+        Returns:
+            True if it is an object store and a whole chunk's encoding is exactly its
+            little-endian C-order bytes (no compressor, no other codec).
+        """
+        from zarr.codecs import BytesCodec
+        from zarr.codecs.bytes import Endian
+
+        from .zarrstore import ObjectWriteStore
+
+        codecs = self.array.metadata.codecs
+        # self.dtype is little-endian (check_dtype), so its bytes are what BytesCodec writes.
+        return (
+            isinstance(store, ObjectWriteStore) and self.array.order == "C" and len(codecs) == 1
+            and isinstance(codecs[0], BytesCodec) and codecs[0].endian in (None, Endian.little)
+        )
 
     def write(self, source: np.ndarray, row0: int = 0) -> None:
         """Write ``source`` at rows ``row0...`` (``row0`` is a multiple of the chunk rows)."""
+        import itertools
+
         from zarr.core.sync import sync
 
         if source.ndim == 0:
             sync(self.array.setitem(Ellipsis, source))
-        elif source.size:
-            sync(self._write_chunks(source, row0))
+            return
+        if not source.size:
+            return
+        starts = itertools.product(
+            *(range(0, n, c) for n, c in zip(source.shape, self.chunk_shape)))
+        rest = starts if self.direct is None else self._put_whole_chunks(source, row0, starts)
+        sync(self._write_chunks(source, row0, rest))
 
-    async def _write_chunks(self, source: np.ndarray, row0: int) -> None:
+    def _put_whole_chunks(
+        self, source: np.ndarray, row0: int, starts: Iterable[tuple[int, ...]],
+    ) -> list[tuple[int, ...]]:
+        """Store every whole chunk of ``source`` directly; return the starts of the others.
+
+        Args:
+            source: the block being written.
+            row0: the row of the array where ``source`` starts (a multiple of the chunk rows).
+            starts: the start index of each chunk region within ``source``.
+
+        Returns:
+            The starts of edge chunks (smaller than a chunk: zarr pads them).
+        """
+        import numpy as np
+
+        assert self.direct is not None
+        rest: list[tuple[int, ...]] = []
+        key = self.array.metadata.encode_chunk_key
+        for start in starts:
+            sel = tuple(slice(s, s + c) for s, c in zip(start, self.chunk_shape))
+            block = source[sel]
+            if block.shape != self.chunk_shape:
+                rest.append(start)
+                continue
+            # A view when the source is already little-endian and C-contiguous here (rows of a
+            # C array); otherwise one copy into that layout, which is what zarr would encode.
+            block = np.ascontiguousarray(block, dtype=self.dtype)
+            coords = ((start[0] + row0) // self.chunk_shape[0],
+                      *(s // c for s, c in zip(start[1:], self.chunk_shape[1:])))
+            self.direct.put_chunk(key(coords), memoryview(block.reshape(-1).view(np.uint8)))
+            if self.bar is not None:
+                self.bar.update(self.chunk_nbytes)
+        return rest
+
+    async def _write_chunks(
+        self, source: np.ndarray, row0: int, starts: Iterable[tuple[int, ...]],
+    ) -> None:
         import asyncio
-        import itertools
 
-        starts = itertools.product(*(range(0, n, c) for n, c in zip(source.shape, self.chunk_shape)))
         pending: set[asyncio.Future[None]] = set()
         try:
             for start in starts:

@@ -338,8 +338,10 @@ def test_a_chunk_linked_too_often_is_copied_and_still_committed_right(vault, sto
             raise OSError(errno.EMLINK, "Too many links")
         return real_link(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(os, "link", link)
     a = np.arange(20, dtype="i8")
+    # The chunks exist already (another specimen): a new write links them instead of writing.
+    new_storage(vault, "spec_b").write_tensors("t", a, chunks=5)
+    monkeypatch.setattr(os, "link", link)
     storage.write_tensors("t", a, chunks=5)
     monkeypatch.setattr(os, "link", real_link)
     copied = storage.strata / "t.zarr" / "c" / "1"
@@ -347,6 +349,129 @@ def test_a_chunk_linked_too_often_is_copied_and_still_committed_right(vault, sto
     commit = vault.commit("spec_a")
     np.testing.assert_array_equal(vault.specimen("spec_a").tensor("t")[...], a)
     assert commit.tree["strata/t.zarr/c/1"].digest == WorkingIndex(storage.path).load()["strata/t.zarr/c/1"]
+
+
+# -- raw chunks: straight to the object store, written once --------------------------------
+@pytest.mark.parametrize("dtype", NUMERIC)
+def test_raw_chunks_skip_zarr_and_are_byte_identical_to_zarrs_encoding(
+        vault, storage, tmp_path, monkeypatch, dtype):
+    from cas_vault.zarrstore import ObjectWriteStore
+
+    rng = np.random.default_rng(11)
+    a = (rng.standard_normal((23, 12)) * 50).astype(dtype)
+    if np.dtype(dtype).kind == "c":
+        a = a + 1j * a
+    via_zarr: list[str] = []
+    real_set = ObjectWriteStore.set
+
+    async def counting_set(self, key, value):
+        via_zarr.append(key)
+        await real_set(self, key, value)
+
+    monkeypatch.setattr(ObjectWriteStore, "set", counting_set)
+    plain = SpecimenStorage(tmp_path / "plain")  # outside a vault: zarr encodes every chunk
+    plain.path.mkdir()
+    # Row chunks are views of the source (or a byte-swapped copy); column tiles are gathered;
+    # the last chunk row is cut by the edge (zarr pads it) and must still go through zarr.
+    for name, chunks, edge in [("rows", (5, 12), ["c/4/0"]),
+                               ("tiles", (5, 4), ["c/4/0", "c/4/1", "c/4/2"])]:
+        via_zarr.clear()
+        storage.write_tensors(name, a, chunks=chunks, compressor=None)
+        assert sorted(k for k in via_zarr if k != "zarr.json") == edge
+        plain.write_tensors(name, a, chunks=chunks, compressor=None)
+        mine = {k.split(".zarr/")[1]: p for k, p in tensor_files(storage, name).items()}
+        theirs = {k.split(".zarr/")[1]: p for k, p in tensor_files(plain, name).items()}
+        assert sorted(mine) == sorted(theirs)
+        for key, path in mine.items():
+            assert path.read_bytes() == theirs[key].read_bytes(), (name, key)
+        np.testing.assert_array_equal(storage.read_tensor_lazy(name)[...], a)
+
+
+def test_whole_c_contiguous_chunks_are_hashed_and_written_from_the_source_itself(
+        storage, monkeypatch):
+    from cas_vault.zarrstore import ObjectWriteStore
+
+    a = np.random.default_rng(12).standard_normal((64, 256)).astype("f4")
+    shared: list[bool] = []
+    real_put = ObjectWriteStore.put_chunk
+
+    def put_chunk(self, key, data):
+        shared.append(np.shares_memory(np.frombuffer(data, np.uint8), a))
+        real_put(self, key, data)
+
+    monkeypatch.setattr(ObjectWriteStore, "put_chunk", put_chunk)
+    storage.write_tensors("t", a, chunks=(16, 256), compressor=None)
+    assert shared == [True] * 4  # no copy of any chunk on the way to the hash and the disk
+    np.testing.assert_array_equal(storage.read_tensor_lazy("t")[...], a)
+
+
+def test_new_chunks_are_written_once_and_identical_chunks_not_at_all(vault, monkeypatch):
+    import cas_vault.zarrstore as zs
+
+    written: list[int] = []
+    temp_puts: list[str] = []
+    real_write, real_put = zs.write_durable, zs.put_if_absent
+
+    def write_durable(path, data, *args, **kwargs):
+        real_write(path, data, *args, **kwargs)
+        written.append(memoryview(data).nbytes)  # counted once written (not a failed open)
+
+    def put_if_absent(path, data, *args, **kwargs):
+        temp_puts.append(str(path))
+        return real_put(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(zs, "write_durable", write_durable)
+    monkeypatch.setattr(zs, "put_if_absent", put_if_absent)
+    a = np.random.default_rng(13).standard_normal((64, 256)).astype("f4")
+    first = new_storage(vault, "first")
+    first.write_tensors("t", a, chunks=(16, 256), compressor=None)
+    # Each new chunk is written once, as the working file, which then becomes the object:
+    # no temp file per chunk (only zarr.json goes through one).
+    assert written == [16 * 256 * 4] * 4 and len(temp_puts) == 1
+    index = WorkingIndex(first.path).load()
+    for rel, path in tensor_files(first, "t").items():
+        assert os.path.samefile(path, vault.objects.path(index[rel]))
+        assert path.stat().st_nlink == 2 and oct(path.stat().st_mode & 0o777) == "0o444"
+    assert not [p for p in (vault.root / "tmp").iterdir()]  # no temp leftovers
+    vault.commit("first")
+
+    chunk_objects = [vault.objects.path(d) for k, d in index.items() if "/c/" in k]
+    for obj in chunk_objects:
+        os.utime(obj, (1_000_000, 1_000_000))  # as if stored long ago
+    written.clear()
+    temp_puts.clear()
+    same = new_storage(vault, "same")
+    same.write_tensors("t", a.copy(), chunks=(16, 256), compressor=None)
+    assert written == [] and temp_puts == []  # an identical copy writes no bytes at all
+    for obj in chunk_objects:  # ... but refreshes the objects for gc's grace period
+        assert obj.stat().st_mtime > 1_000_000
+    commit = vault.commit("same")
+    assert {p: e.digest for p, e in commit.tree.items() if ".zarr/" in p} == {
+        p: e.digest for p, e in vault.get("first").tree.items() if ".zarr/" in p}
+
+
+def test_a_chunk_stored_meanwhile_by_another_writer_becomes_that_object(vault, storage,
+                                                                         monkeypatch):
+    from cas_vault.zarrstore import ObjectWriteStore
+
+    a = np.arange(40, dtype="i8")
+    other = new_storage(vault, "spec_b")
+    other.write_tensors("t", a, chunks=10, compressor=None)
+    real_find = ObjectWriteStore._find
+
+    def find_as_if_absent(self, data):
+        digest, path, _exists = real_find(self, data)
+        return digest, path, False  # it was absent when looked for, and appears before linking
+
+    monkeypatch.setattr(ObjectWriteStore, "_find", find_as_if_absent)
+    storage.write_tensors("t", a, chunks=10, compressor=None)
+    theirs = tensor_files(other, "t")
+    for rel, path in tensor_files(storage, "t").items():
+        assert os.path.samefile(path, theirs[rel.replace("spec_a", "spec_b")]), rel
+    commit = vault.commit("spec_a")
+    np.testing.assert_array_equal(vault.specimen("spec_a").tensor("t")[...], a)
+    theirs_index = WorkingIndex(other.path).load()
+    assert commit.tree["strata/t.zarr/c/0"].digest == theirs_index["strata/t.zarr/c/0"]
 
 
 # -- lazy reads ------------------------------------------------------------------------------
