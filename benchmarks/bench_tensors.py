@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cas_vault.atomic import fsync_dir
+from cas_vault.atomic import fsync_dir, fsync_path
 
 GIB = 1 << 30
 CHUNK_BYTES = 4 << 20
@@ -64,14 +64,6 @@ def settle(seconds: float) -> None:
     """Wait before a timed write phase (``--settle``), so every phase starts alike."""
     if seconds > 0:
         time.sleep(seconds)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def bare_disk(a: np.ndarray, where: Path, threads: int, fsync: str = "each") -> float:
@@ -110,12 +102,12 @@ def bare_disk(a: np.ndarray, where: Path, threads: int, fsync: str = "each") -> 
                 batch = unsynced[:] if len(unsynced) >= ROUND_FILES else []
                 if batch:
                     unsynced.clear()
-            list(syncer.map(_fsync_path, batch))
+            list(syncer.map(fsync_path, batch))
 
     t = time.perf_counter()
     with ThreadPoolExecutor(threads) as ex:
         list(ex.map(put, range(n)))
-    list(syncer.map(_fsync_path, unsynced))
+    list(syncer.map(fsync_path, unsynced))
     syncer.shutdown()
     if fsync != "none":
         fsync_dir(where)

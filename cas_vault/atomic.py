@@ -27,6 +27,7 @@ __all__ = [
     "append_durable",
     "fsync_dir",
     "fsync_many",
+    "fsync_path",
     "link_if_absent",
     "put_if_absent",
     "temp_path",
@@ -53,7 +54,8 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync one file or directory by path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -95,12 +97,12 @@ def fsync_many(paths: Iterable[Path]) -> None:
     todo = list(dict.fromkeys(paths))
     if len(todo) <= 1:
         for p in todo:
-            _fsync_path(p)
+            fsync_path(p)
         return
-    futures = [_fsync_pool().submit(_fsync_path, p) for p in todo[1:]]
+    futures = [_fsync_pool().submit(fsync_path, p) for p in todo[1:]]
     error: BaseException | None = None
     try:
-        _fsync_path(todo[0])  # this thread does one itself instead of only waiting
+        fsync_path(todo[0])  # this thread does one itself instead of only waiting
     except OSError as exc:
         error = exc
     for f in futures:

@@ -719,18 +719,12 @@ class CatalogWriter:
 
     def _insert_metrics(self, conn: duckdb.DuckDBPyConnection, sid: str, name: str, digest: str) -> None:
         import duckdb
-        import pyarrow.parquet as pq
 
-        path = str(self.vault.objects.path(digest))
-        try:
-            schema = pq.read_schema(path)
-        except Exception:
+        path, key = self._parquet_key(digest)
+        if key is None:
             return  # not a readable Parquet file: the objects table still lists it
-        key = tuple((f.name, str(f.type)) for f in schema)
         try:
-            plan = self._cache.plans.get(key)
-            if plan is None:
-                plan = self._cache.plans[key] = self._plan(conn, path)
+            plan = self._plan_for(conn, key, path)
             conn.execute(
                 f"INSERT INTO metrics BY NAME SELECT ? AS specimen_id, ? AS file{plan} "
                 "FROM read_parquet(?)",
@@ -755,16 +749,12 @@ class CatalogWriter:
                 file by file, which names the unreadable object.
         """
         import duckdb
-        import pyarrow.parquet as pq
 
         groups: dict[tuple[tuple[str, str], ...], list[list[tuple[str, str, str]]]] = {}
         for sid, name, digest in parquet:
-            path = str(self.vault.objects.path(digest))
-            try:
-                schema = pq.read_schema(path)
-            except Exception:
+            path, key = self._parquet_key(digest)
+            if key is None:
                 continue  # not a readable Parquet file: the objects table still lists it
-            key = tuple((f.name, str(f.type)) for f in schema)
             rounds = groups.setdefault(key, [])
             for batch in rounds:  # the first statement of this schema not reading this path yet
                 if all(p != path for _, _, p in batch):
@@ -775,9 +765,7 @@ class CatalogWriter:
         try:
             for key, rounds in groups.items():
                 for batch in rounds:
-                    plan = self._cache.plans.get(key)
-                    if plan is None:
-                        plan = self._cache.plans[key] = self._plan(conn, batch[0][2])
+                    plan = self._plan_for(conn, key, batch[0][2])
                     sids, names, paths = (list(col) for col in zip(*batch, strict=True))
                     conn.execute(
                         f"INSERT INTO metrics BY NAME SELECT (?::VARCHAR[])[_cas_idx] AS specimen_id, "
@@ -789,6 +777,24 @@ class CatalogWriter:
                     )
         except duckdb.Error as exc:
             raise _BadParquet("", str(exc)) from None
+
+    def _parquet_key(self, digest: str) -> tuple[str, tuple[tuple[str, str], ...] | None]:
+        """Return a Parquet object's path and its schema as (name, type) pairs (None if unreadable)."""
+        import pyarrow.parquet as pq
+
+        path = str(self.vault.objects.path(digest))
+        try:
+            schema = pq.read_schema(path)
+        except Exception:
+            return path, None
+        return path, tuple((f.name, str(f.type)) for f in schema)
+
+    def _plan_for(self, conn: duckdb.DuckDBPyConnection, key: tuple[tuple[str, str], ...], path: str) -> str:
+        """The SELECT list for files of schema ``key`` (cached; see :meth:`_plan`)."""
+        plan = self._cache.plans.get(key)
+        if plan is None:
+            plan = self._cache.plans[key] = self._plan(conn, path)
+        return plan
 
     def _plan(self, conn: duckdb.DuckDBPyConnection, path: str) -> str:
         """Make ``metrics`` able to hold this file's columns; return the SELECT list for it."""

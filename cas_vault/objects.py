@@ -88,21 +88,18 @@ class ObjectStore:
             self._touch(path)
         return digest
 
-    def put_file(
-        self, src: Path, known: Digest | None = None, sync_dir: bool = True
-    ) -> tuple[Digest, int]:
+    def put_file(self, src: Path, known: Digest | None = None) -> tuple[Digest, int]:
         """Store the file at ``src`` without copying its bytes: it is hard-linked into place.
 
-        The file is fsynced, hashed (unless it is already the object named ``known``), and
-        linked to its object name. Afterwards the working file and the object are one inode,
-        made read-only: the sealed bytes are written once.
+        The file is hashed (unless it is already the object named ``known``), fsynced and
+        linked to its object name, whose directory is then fsynced. Afterwards the working file
+        and the object are one inode, made read-only: the sealed bytes are written once. To
+        store many files, use :meth:`batch`, which waits for the disk twice in all.
 
         Args:
             src: a regular file on the vault's filesystem.
             known: a digest recorded for this file when it was written; trusted only if
                 ``src`` already is that object (same inode).
-            sync_dir: fsync the fan-out directory now; callers storing many files pass False
-                and call :meth:`sync` once for all of them before referencing them.
 
         Returns:
             ``(digest, size)``.
@@ -111,37 +108,10 @@ class ObjectStore:
             IntegrityError: if the file changed while it was being stored.
             OSError: if it cannot be read or linked.
         """
-        st = src.stat()
-        if known is not None and is_digest(known):
-            obj = self.path(known)
-            try:
-                ost = obj.stat()
-                if (ost.st_ino, ost.st_dev) == (st.st_ino, st.st_dev):
-                    return known, st.st_size
-            except FileNotFoundError:
-                pass
-        # Make the bytes durable before they get a permanent name.
-        with open(src, "rb") as f:
-            os.fsync(f.fileno())
-        digest, size = hash_file(src)
-        st2 = src.stat()
-        if (st2.st_size, st2.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or size != st.st_size:
-            raise IntegrityError(
-                f"{src} changed while it was being committed; wait for whatever writes it "
-                "to finish and commit again"
-            )
-        dest = self.path(digest)
-        try:
-            created = link_if_absent(src, dest, sync_dir=sync_dir)
-        except OSError:
-            # A cross-device working directory: fall back to one copy (no link possible).
-            self.put_bytes(src.read_bytes(), expected=digest)
-            return digest, size
-        if created:
-            os.chmod(dest, _OBJECT_MODE)
-        else:
-            self._touch(dest)
-        return digest, size
+        batch = self.batch()
+        out = batch.add_file(src, known)
+        batch.publish()
+        return out
 
     @staticmethod
     def _touch(path: Path) -> None:
@@ -150,10 +120,6 @@ class ObjectStore:
             os.utime(path)
         except OSError:
             pass
-
-    def sync(self, digests: list[Digest]) -> None:
-        """fsync the fan-out directories of ``digests`` (after puts with ``sync_dir=False``)."""
-        fsync_many(self.root / d[:2] for d in sorted(digests))
 
     def batch(self) -> ObjectBatch:
         """Return an :class:`ObjectBatch` that stores many files and blobs with two fsync rounds."""
@@ -212,7 +178,7 @@ class ObjectStore:
 class ObjectBatch:
     """Stores many files and blobs at once, as a commit does, with few fsync rounds.
 
-    :meth:`ObjectStore.put_file` fsyncs each file, links it, and fsyncs its fan-out directory:
+    Storing files one by one would fsync each file, link it, and fsync its fan-out directory:
     three waits for the disk per file. A batch hashes everything first, then makes every new
     object's bytes durable in one concurrent round, links them, and makes every name durable in
     a second round. The rule stays the one of docs/format.md: an object's bytes are durable
