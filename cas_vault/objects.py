@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .atomic import fsync_many, link_if_absent, put_if_absent, write_temp
+from .atomic import fsync_dir, fsync_many, link_if_absent, put_if_absent, write_temp
 from .digest import Digest, hash_bytes, hash_file, is_digest, parse_digest
 from .errors import ChecksumMismatch, IntegrityError, NotFoundError
 
@@ -306,8 +306,12 @@ class ObjectBatch:
                 ObjectStore._touch(self.store.path(digest))
             # Existing objects are named here too: the process that linked them may have
             # crashed before fsyncing their directory.
-            fsync_many([*(self.store.root / d[:2] for d in sorted(self._names)),
-                        *(dest.parent for _, dest in self._moves)])
+            # In this thread, one after another: the first fsync commits the filesystem journal
+            # transaction that holds every link above, so the others find nothing left to do
+            # (handing each to a thread would cost more than it saves).
+            for directory in dict.fromkeys([*(self.store.root / d[:2] for d in sorted(self._names)),
+                                            *(dest.parent for _, dest in self._moves)]):
+                fsync_dir(directory)
         finally:
             for src, is_temp in self._link.values():
                 if is_temp:
