@@ -47,16 +47,16 @@ def temp_path(directory: Path, stem: str = "w") -> Path:
 
 def fsync_dir(directory: Path) -> None:
     """fsync a directory so that names created or removed in it are durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(directory, os.O_RDONLY | os.O_DIRECTORY)
 
 
 def fsync_path(path: Path) -> None:
     """fsync one file or directory by path."""
-    fd = os.open(path, os.O_RDONLY)
+    _fsync(path, os.O_RDONLY)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:

@@ -534,12 +534,13 @@ class CatalogWriter:
             assert pending is not None
         if max_lines is not None and len(pending) > max_lines:
             raise _TooMuchPending(f"{len(pending)} commits are not indexed yet")
-        if len(pending) > BIG_UPDATE:
+        big = len(pending) > BIG_UPDATE
+        if big:
             conn.execute(f"SET threads = {os.cpu_count() or 1}")
         try:
             return self._write(conn, state, pending, known, rebuilt, created, t0)
         finally:
-            if len(pending) > BIG_UPDATE:
+            if big:
                 try:
                     conn.execute("SET threads = 1")
                 except Exception:  # a tuning knob on a connection that failed: _forget() ran

@@ -198,24 +198,22 @@ class RefStore:
         validate_id(specimen_id)
         with FileLock(self.lock_path):
             data = _ref_bytes(commit)
-            self._recover_locked(keep=(specimen_id, data))
-            existing = self.get(specimen_id)
             intent = self.pending_dir / specimen_id
+            try:
+                # Ours, put in place durably by the commit (intent_temp): recovery leaves it.
+                ready = intent.read_bytes() == data
+            except FileNotFoundError:
+                ready = False
+            self._recover_locked(keep=specimen_id if ready else None)
+            existing = self.get(specimen_id)
             if existing is not None:
-                try:
-                    if intent.read_bytes() == data:  # ours, from intent_temp: never to be used
-                        intent.unlink()
-                except FileNotFoundError:
-                    pass
+                if ready:  # never to be used
+                    intent.unlink(missing_ok=True)
                 raise ImmutableError(
                     f"specimen {specimen_id} is already committed as {existing}; committed "
                     "specimens never change: create a new specimen (vault new NEW_ID --parent "
                     f"{specimen_id}) for a variation"
                 )
-            try:
-                ready = intent.read_bytes() == data  # made durable by the commit (intent_temp)
-            except FileNotFoundError:
-                ready = False
             if not ready:
                 # The intent file has exactly the ref's bytes and mode, so once it is durable
                 # the ref is made by hard-linking it: no second file to write and fsync.
@@ -294,7 +292,7 @@ class RefStore:
         if new_file:
             fsync_dir(self.journal.parent)
 
-    def _recover_locked(self, keep: tuple[str, bytes] | None = None) -> list[str]:
+    def _recover_locked(self, keep: str | None = None) -> list[str]:
         """Repair what a crash between ref creation and journal append left.
 
         Drops a partial last journal line, then journals refs that have no entry but do have an
@@ -303,21 +301,20 @@ class RefStore:
         (a crash) costs a read of the whole journal. Returns the ids it journaled.
 
         Args:
-            keep: ``(id, ref bytes)`` of the ref the caller is creating: an intent file with
-                exactly these bytes is the caller's own (put in place before the lock was
-                taken, see :meth:`intent_temp`), not a leftover.
+            keep: the id of the ref the caller is creating, whose intent file it has checked
+                to be its own (put in place before the lock was taken, see :meth:`intent_temp`),
+                not a leftover.
         """
         self._drop_partial_line()
         intents = (sorted(n for n in os.listdir(self.pending_dir) if not n.startswith("."))
                    if self.pending_dir.is_dir() else [])
         with_ref: list[tuple[str, Digest]] = []
         for name in intents:
+            if name == keep:
+                continue
             intent = self.pending_dir / name
             try:
-                raw = intent.read_bytes()
-                if keep is not None and (name, raw) == keep:
-                    continue
-                text = raw.strip().decode("ascii", "replace")
+                text = intent.read_bytes().strip().decode("ascii", "replace")
                 d = self.get(name)
             except InvalidInputError:
                 d = None
