@@ -120,3 +120,34 @@ def test_help_does_not_import_heavy_libraries() -> None:
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_an_internal_error_exits_70_not_1(tmp_path: Path, monkeypatch) -> None:
+    # Exit 1 means "a check found problems"; a bug must not be mistaken for a verify finding.
+    v = str(tmp_path / "v")
+    run("init", v)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Vault, "log", broken)
+    monkeypatch.delenv("CAS_VAULT_DEBUG", raising=False)
+    r = CliRunner().invoke(cli, ["--vault", v, "log"])
+    assert r.exit_code == 70, r.output
+    assert "internal error: RuntimeError: boom" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_a_closed_pipe_ends_quietly_as_unix_tools_do(tmp_path: Path) -> None:
+    # `vault log | head -1`: the reader leaves; no message, the status a SIGPIPE death gives.
+    v = Vault.init(tmp_path / "v")
+    for i in range(3):
+        v.new(f"2024_01_0{i}_x", domain="training", method="fine_tuning")
+        v.commit(f"2024_01_0{i}_x", message="m")
+    proc = subprocess.Popen([sys.executable, "-m", "cas_vault", "--vault", str(v.root), "log"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # closed before the first write: every write meets EPIPE
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == b""

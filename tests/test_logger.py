@@ -153,7 +153,7 @@ def test_refusals(vault: Vault) -> None:
 
 
 CRASHER = textwrap.dedent('''
-    import sys, time
+    import signal, sys
     from cas_vault import Vault
     vault = Vault.open(sys.argv[1])
     with vault.start_specimen("crash", domain="training", method="fine_tuning",
@@ -161,9 +161,8 @@ CRASHER = textwrap.dedent('''
         for i in range(10_000_000):
             s.log({"loss": 1.0 / (i + 1), "acc": i % 7}, step=i)
             if i == 2_499:
-                print("flushed", flush=True)
-            if i >= 2_600:
-                time.sleep(0.001)   # rows 2500.. stay buffered until the kill
+                print("logged", flush=True)
+                signal.pause()  # rows 2000..2499 stay buffered until the kill, however late
 ''')
 
 
@@ -175,7 +174,7 @@ def test_sigkill_mid_training_leaves_flushed_rows_readable_and_partial_commit(
     proc = subprocess.Popen([sys.executable, str(script), str(vault.root)],
                             stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout.readline().strip() == "flushed"
+        assert proc.stdout.readline().strip() == "logged"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
@@ -184,8 +183,8 @@ def test_sigkill_mid_training_leaves_flushed_rows_readable_and_partial_commit(
     assert vault.refs.get("crash") is None
     assert unfinished_logs(wd) == ["metrics"]
     flushed = read_log(wd)
-    # Rows 0..1999 were flushed in two parts for sure; 2000..2999 at most.
-    assert flushed.height in (2000, 3000)
+    # Rows 0..1999 were flushed in two parts; 2000..2499 were still buffered, so they are lost.
+    assert flushed.height == 2000
     assert flushed["step"].to_list() == list(range(flushed.height))
     assert flushed["loss"][1999] == pytest.approx(1 / 2000)
     r = CliRunner().invoke(cli, ["--vault", str(vault.root), "commit", "crash"])
@@ -224,14 +223,13 @@ _counter = iter(range(10**9))
 def test_logged_rows_match_an_independent_model(tmp_path: Path) -> None:
     """Random rows with appearing/vanishing metrics, repeated steps and flush boundaries are
     read back exactly as a plain-Python model of them says."""
-    from hypothesis import given, settings
+    from hypothesis import given
     from hypothesis import strategies as st
 
     vault = Vault.init(tmp_path / "hv")
     value = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, width=64))
     row = st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), value, min_size=1)
 
-    @settings(max_examples=15, deadline=None)
     @given(rows=st.lists(st.tuples(row, st.integers(0, 3)), min_size=1, max_size=40),
            flush_rows=st.integers(1, 7))
     def check(rows, flush_rows) -> None:

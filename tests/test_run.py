@@ -204,14 +204,14 @@ def test_concurrent_run_of_same_specimen_is_refused(vault: Vault, tmp_path: Path
     from cas_vault.errors import LockTimeoutError
 
     flag = tmp_path / "started"
-    _specimen(vault, "busy", f"import pathlib, time\npathlib.Path({str(flag)!r}).touch()\ntime.sleep(30)\n")
+    _specimen(vault, "busy", f"import pathlib, time\npathlib.Path({str(flag)!r}).touch()\ntime.sleep(3600)\n")
     first = subprocess.Popen([sys.executable, "-m", "cas_vault", "--vault", str(vault.root),
                               "run", "busy"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     try:
         import time
 
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300  # only a bound on a hang: the flag says "started"
         while not flag.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert flag.exists()

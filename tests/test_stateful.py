@@ -15,7 +15,6 @@ from pathlib import Path
 
 import blake3
 import pytest
-from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -150,7 +149,4 @@ class VaultMachine(RuleBasedStateMachine):
         assert {e.specimen_id: e.commit for e in entries} == refs
 
 
-VaultMachine.TestCase.settings = settings(
-    max_examples=30, stateful_step_count=15, deadline=None,
-)
 TestVaultStateMachine = VaultMachine.TestCase

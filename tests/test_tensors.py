@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from zarr.storage import LocalStore, WrapperStore
@@ -105,7 +105,6 @@ def test_0d_empty_and_nd_arrays_round_trip(vault, storage, array):
     np.testing.assert_array_equal(got[...], array)
 
 
-@settings(max_examples=25, deadline=None)
 @given(hnp.arrays(
     dtype=st.sampled_from([np.dtype(d) for d in ("bool", "i1", "u4", "i8", "f2", "f4", "f8", "c8")]),
     shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=9),

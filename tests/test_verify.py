@@ -7,9 +7,11 @@ A clean vault must give exit 0 and no problem at all.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -510,15 +512,23 @@ def test_missing_catalog_is_not_a_problem(v: Vault) -> None:
     assert v.verify().ok
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_object_is_a_problem_not_a_pass(v: Vault) -> None:
+def test_unreadable_object_is_a_problem_not_a_pass(v: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
+    # File modes stop nobody running as root (CI does), so the read failure is injected where
+    # every reader of a small object ends up: opening it.
+    import builtins
+
     p = obj(v, "a", "strata/config.msgpack")
-    p.chmod(0)
-    try:
-        report = v.verify()
-        assert ("corrupt_object", "a", "strata/config.msgpack") in problems(report)
-    finally:
-        p.chmod(0o444)
+    real_open = builtins.open
+
+    def failing_open(file, *args, **kwargs):
+        if os.fspath(file) == os.fspath(p):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(p))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    report = v.verify()
+    assert ("corrupt_object", "a", "strata/config.msgpack") in problems(report)
+    assert not report.ok
 
 
 def test_gc_ignores_temp_files_of_intent_writes(v: Vault) -> None:
@@ -533,18 +543,79 @@ def test_gc_ignores_temp_files_of_intent_writes(v: Vault) -> None:
     assert not list(pending.iterdir())
 
 
-def test_verify_works_on_a_read_only_vault(v: Vault, tmp_path: Path) -> None:
+_VERIFY_RO = (
+    "import sys; from cas_vault import Vault; r = Vault.open(sys.argv[1]).verify(); "
+    "print('ok' if r.ok else [p.message for p in r.problems])"
+)
+
+
+def test_verify_works_on_a_read_only_mount(v: Vault, tmp_path: Path) -> None:
     # A backup on read-only media: verify must check it without writing (no locks, no recovery).
+    # A real read-only bind mount, in a private mount namespace so nothing outlives the test.
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind {v.root} {ro}"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespace here ({probe.stderr.strip()}); "
+                    "test_verify_works_on_an_injected_read_only_filesystem covers it")
+    script = (f"mount --bind {v.root} {ro} && mount -o remount,ro,bind {ro} && "
+              f"! touch {ro}/probe 2>/dev/null && exec {sys.executable} -c \"$0\" {ro}")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script, _VERIFY_RO],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.stdout, done.stderr)
+    assert not (v.root / "probe").exists()
+
+
+def test_verify_works_on_an_injected_read_only_filesystem(
+    v: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The same, where mounts are not allowed: every write Python makes under the copy fails
+    # with EROFS, as it would on read-only media.
+    import builtins
+
     ro = tmp_path / "ro"
     subprocess.run(["cp", "-a", str(v.root), str(ro)], check=True)
-    for dirpath, dirnames, filenames in os.walk(ro):
-        for name in dirnames + filenames:
-            os.chmod(os.path.join(dirpath, name), 0o555 if name in dirnames else 0o444)
-    os.chmod(ro, 0o555)
-    if os.access(ro / "locks", os.W_OK):
-        pytest.skip("root writes to read-only directories; the check needs a real read-only fs")
+    before = {p: p.stat().st_mtime_ns for p in ro.rglob("*")}
+    inside = str(ro) + os.sep
+
+    def under(path: object) -> bool:
+        return isinstance(path, (str, bytes, os.PathLike)) and os.fsdecode(
+            os.path.abspath(os.fspath(path))).startswith(inside)
+
+    def erofs(path: object) -> OSError:
+        return OSError(errno.EROFS, "Read-only file system", os.fspath(path))  # type: ignore[arg-type]
+
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    real_os_open, real_open = os.open, builtins.open
+
+    def os_open(path, flags, *args, **kwargs):
+        if flags & writes and under(path):
+            raise erofs(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def py_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and under(file):
+            raise erofs(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def refuse(real):
+        def call(*args, **kwargs):
+            for a in args[:2]:
+                if under(a):
+                    raise erofs(a)
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(builtins, "open", py_open)
+    for name in ("mkdir", "link", "rename", "replace", "unlink", "rmdir", "chmod", "utime",
+                 "symlink", "truncate"):
+        monkeypatch.setattr(os, name, refuse(getattr(os, name)))
     report = Vault.open(ro).verify()
     assert report.ok, report.problems
+    monkeypatch.undo()
+    assert {p: p.stat().st_mtime_ns for p in ro.rglob("*")} == before  # nothing written
 
 
 def test_gc_keeps_young_temp_files_of_live_writers(v: Vault) -> None:

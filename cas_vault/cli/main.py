@@ -2,9 +2,11 @@
 
 Exit codes: 0 ok; 1 a check found problems (:class:`IntegrityError`); 2 bad input or usage
 (every other :class:`VaultError`, click usage errors, OS errors such as permissions); 3 a
-protocol run by ``vault run`` failed (:class:`RunFailedError`, nothing committed). Errors
-are printed as ``error: <what was wrong and what to do>``, never as a traceback; set
-``CAS_VAULT_DEBUG=1`` to see one.
+protocol run by ``vault run`` failed (:class:`RunFailedError`, nothing committed); 70 an
+internal error (a bug in cas-vault, ``EX_SOFTWARE`` of sysexits.h); 130 interrupted; 141 the
+reader of standard output went away (``vault log | head -1``), as for any Unix tool killed by
+SIGPIPE, without a message. Errors are printed as ``error: <what was wrong and what to do>``,
+never as a traceback; set ``CAS_VAULT_DEBUG=1`` to see one.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ COMMAND_MODULES = (
     "catalog",
 )
 
+#: A bug in cas-vault (sysexits.h ``EX_SOFTWARE``): never 1, which means "a check found problems".
+EXIT_INTERNAL = 70
+#: Standard output was closed by its reader; shells report a tool killed by SIGPIPE as 128 + 13.
+EXIT_BROKEN_PIPE = 141
+
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -45,6 +52,9 @@ class VaultGroup(click.Group):
             raise
         except VaultError as exc:
             _fail(str(exc), exc.exit_code)
+        except BrokenPipeError:
+            # Before click's own handler, which would exit 1 ("a check found problems").
+            _quiet_broken_pipe()
         except OSError as exc:
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             _fail(f"{exc.strerror or exc}{where}; check the path, its permissions and free space", 2)
@@ -56,7 +66,7 @@ class VaultGroup(click.Group):
             _fail(
                 f"internal error: {type(exc).__name__}: {exc}. This is a bug in cas-vault; "
                 "rerun with CAS_VAULT_DEBUG=1 for the traceback and report it",
-                1,
+                EXIT_INTERNAL,
             )
 
 
@@ -127,7 +137,22 @@ def human_bytes(n: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``vault`` and ``cas-vault`` scripts."""
-    cli.main(args=argv, prog_name="vault")
+    try:
+        try:
+            cli.main(args=argv, prog_name="vault")
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here for buffered output, not in click
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+
+
+def _quiet_broken_pipe() -> None:
+    # Point stdout at /dev/null so the interpreter's own flush at exit cannot raise again
+    # (the recipe in Python's signal module documentation), then leave as SIGPIPE would.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(EXIT_BROKEN_PIPE)
 
 
 for _name in COMMAND_MODULES:
