@@ -30,6 +30,7 @@ __all__ = [
     "fsync_path",
     "link_if_absent",
     "put_if_absent",
+    "replace_with",
     "temp_path",
     "write_durable",
     "write_replace",
@@ -178,6 +179,24 @@ def write_replace(
         raise
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def replace_with(tmp: Path, path: Path) -> None:
+    """Durably put the finished file ``tmp`` in place of ``path`` (same filesystem).
+
+    ``tmp`` is fsynced, renamed over ``path`` and the directory fsynced; readers that opened
+    ``path`` before keep the old inode, later ones see the new one.
+
+    Raises:
+        OSError: on any I/O failure (``tmp`` is removed, ``path`` left as it was).
+    """
+    try:
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def write_durable(

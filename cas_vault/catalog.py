@@ -16,6 +16,16 @@ update is best effort: if it cannot get the lock or the file quickly, it writes 
 it commits in a burst (opening a DuckDB file costs ~20 ms, more than a whole commit) and closes it
 after :data:`IDLE_CLOSE_SECONDS` without commits, so readers in other processes get in. Closing
 writes nothing (no checkpoint on close), so no vault file changes after a commit returns.
+
+Metric column types (docs/catalog.md): ``_metric_writers`` records the type every file wrote for
+every column, and a column's type in ``metrics`` is a function of that set alone, so it does not
+depend on commit order and a rebuild gives the same table. Numbers win over everything else,
+integers and floats widen to DOUBLE, an all-null column takes the others' type, and nothing is
+ever widened to text: a file whose column does not fit the column's type has NULL there and a
+row in ``catalog_problems``. Files without rows add nothing.
+
+Readers are sandboxed (:func:`connect_read_only`): no file outside the vault's ``objects/``, no
+network, no extensions, and a locked configuration, so SQL cannot undo any of it.
 """
 
 from __future__ import annotations
@@ -27,8 +37,8 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,9 +59,11 @@ __all__ = [
     "IDLE_CLOSE_SECONDS",
     "SCHEMA_VERSION",
     "STALE_MARKER",
+    "CatalogProblem",
     "CatalogWriter",
     "IndexResult",
     "after_commit",
+    "catalog_problems",
     "connect_read_only",
     "index",
     "indexed_commits",
@@ -60,7 +72,7 @@ __all__ = [
 ]
 
 #: Version of the catalog's tables; a catalog with another version is rebuilt.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: File written next to ``vault.duckdb`` when a commit could not update the catalog.
 STALE_MARKER = "catalog.stale"
 #: A writer connection unused for this long is closed so other processes can open the file.
@@ -72,7 +84,7 @@ BIG_UPDATE = 64
 #: WAL size at which a writer's commit checkpoints it into the database file.
 CHECKPOINT_THRESHOLD = "1MB"
 #: Tables a user can query.
-CATALOG_TABLES = ("catalog", "lineage", "objects", "metrics")
+CATALOG_TABLES = ("catalog", "lineage", "objects", "metrics", "catalog_problems")
 #: Columns of ``metrics`` that are not metric columns.
 METRIC_KEY_COLUMNS = ("specimen_id", "file")
 
@@ -88,6 +100,11 @@ CREATE TABLE catalog(
 CREATE TABLE lineage(child VARCHAR, parent VARCHAR, child_commit VARCHAR, parent_commit VARCHAR);
 CREATE TABLE objects(digest VARCHAR, size BIGINT, kind VARCHAR, specimen_id VARCHAR, path VARCHAR);
 CREATE TABLE metrics(specimen_id VARCHAR, file VARCHAR);
+CREATE TABLE _metric_writers(
+    specimen_id VARCHAR, file VARCHAR, digest VARCHAR, column_name VARCHAR, written_type VARCHAR);
+CREATE TABLE catalog_problems(
+    specimen_id VARCHAR, file VARCHAR, column_name VARCHAR, written_type VARCHAR,
+    catalog_type VARCHAR, detail VARCHAR);
 CREATE MACRO ancestors(sid) AS TABLE
     WITH RECURSIVE a(specimen_id) AS (
         SELECT parent FROM lineage WHERE child = sid
@@ -104,12 +121,48 @@ CREATE MACRO descendants(sid) AS TABLE
 _DROP = """
 DROP MACRO TABLE IF EXISTS ancestors; DROP MACRO TABLE IF EXISTS descendants;
 DROP TABLE IF EXISTS _state; DROP TABLE IF EXISTS catalog; DROP TABLE IF EXISTS lineage;
-DROP TABLE IF EXISTS objects; DROP TABLE IF EXISTS metrics;
+DROP TABLE IF EXISTS objects; DROP TABLE IF EXISTS metrics; DROP TABLE IF EXISTS _metric_writers;
+DROP TABLE IF EXISTS catalog_problems;
 """
 _NUMERIC = {
     "BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
     "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE",
 }
+#: DuckDB's name for the type of a column that holds only nulls (Parquet's null type).
+_NULL_TYPE = '"NULL"'
+#: The type of a metrics column that only all-null columns were written for so far.
+_PLACEHOLDER_TYPE = "INTEGER"
+#: Settings every reader connection is opened with (before any SQL runs).
+_READER_CONFIG: dict[str, Any] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "allow_unsigned_extensions": False,
+    "python_enable_replacements": False,
+}
+
+
+@dataclass(frozen=True)
+class CatalogProblem:
+    """A metrics column a specimen wrote with a type that does not fit the catalog's column.
+
+    Its values of that column are NULL in ``metrics``; the Parquet file itself is unchanged.
+
+    Attributes:
+        specimen_id: the specimen that wrote it.
+        file: the ``file`` value of its rows in ``metrics`` (``strata/<file>.parquet``).
+        column: the column in ``metrics``.
+        written_type: the DuckDB type the file has for it.
+        catalog_type: the column's type in ``metrics``.
+        detail: what happened and where the values can still be read, for people.
+    """
+
+    specimen_id: str
+    file: str
+    column: str
+    written_type: str
+    catalog_type: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -121,12 +174,14 @@ class IndexResult:
         total: specimens in the catalog afterwards.
         rebuilt: whether the catalog was rebuilt from scratch.
         seconds: wall time of the update.
+        problems: every row of ``catalog_problems`` afterwards (filled by :func:`index` only).
     """
 
     indexed: int
     total: int
     rebuilt: bool
     seconds: float
+    problems: tuple[CatalogProblem, ...] = ()
 
 
 @dataclass
@@ -143,6 +198,19 @@ class _Pending:
     entry: JournalEntry
 
 
+#: A Parquet file's schema as (name, Arrow type) pairs.
+_Key = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class _MetricsFile:
+    sid: str
+    name: str  # the `file` column
+    digest: str
+    path: str
+    key: _Key
+
+
 @dataclass
 class _Cache:
     """What a writer knows about the file; valid only while it alone has the file open."""
@@ -150,8 +218,11 @@ class _Cache:
     state: _State | None = None
     total: int = 0
     digests: set[str] | None = None  # every digest in `objects`, for unique_bytes
-    columns: dict[str, str] | None = None  # metrics: lower-case name -> DuckDB type
-    plans: dict[tuple[tuple[str, str], ...], str] = field(default_factory=dict)  # schema -> SELECT
+    columns: dict[str, tuple[str, str]] | None = None  # metrics: lower-case name -> (name, type)
+    written: dict[str, set[str]] | None = None  # metrics: lower-case name -> types files wrote
+    # schema -> (Parquet name, metrics column, DuckDB type) per column
+    schemas: dict[_Key, list[tuple[str, str, str]]] = field(default_factory=dict)
+    plans: dict[_Key, str] = field(default_factory=dict)  # schema -> SELECT list; reset on retype
 
 
 class _TooMuchPending(VaultError):
@@ -168,7 +239,7 @@ def index(vault: Vault, rebuild: bool = False, lock_timeout: float = 60.0) -> In
         lock_timeout: seconds to wait for other writers and open readers.
 
     Returns:
-        What was done.
+        What was done, with every row of ``catalog_problems``.
 
     Raises:
         LockTimeoutError: if another process kept the catalog busy for longer.
@@ -180,7 +251,7 @@ def index(vault: Vault, rebuild: bool = False, lock_timeout: float = 60.0) -> In
     try:
         result = writer.update(rebuild=rebuild, lock_timeout=lock_timeout, open_timeout=lock_timeout)
         writer.checkpoint()
-        return result
+        return replace(result, problems=writer.problems())
     finally:
         writer.close()
 
@@ -245,6 +316,32 @@ def indexed_commits(vault: Vault, timeout: float = 30.0) -> dict[str, str]:
         conn.close()
 
 
+def catalog_problems(vault: Vault, timeout: float = 30.0) -> list[CatalogProblem]:
+    """Return the rows of ``catalog_problems`` as the catalog records them now (no update first).
+
+    For ``vault verify``: a catalog that does not exist, cannot be opened or has no such table
+    records none.
+
+    Raises:
+        LockTimeoutError: if a writer kept the file open longer than ``timeout``.
+    """
+    import duckdb
+
+    if not vault.catalog_path.exists():
+        return []
+    release_writer(vault.root)
+    try:
+        conn = connect_read_only(vault.catalog_path, timeout)
+    except InvalidInputError:
+        return []
+    try:
+        return _read_problems(conn)
+    except duckdb.Error:
+        return []
+    finally:
+        conn.close()
+
+
 def stale_reason(vault: Vault, conn: duckdb.DuckDBPyConnection) -> str | None:
     """Say why the catalog open on ``conn`` does not reflect the vault, or None if it does.
 
@@ -284,22 +381,69 @@ def stale_reason(vault: Vault, conn: duckdb.DuckDBPyConnection) -> str | None:
 
 
 def connect_read_only(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
-    """Open a DuckDB file read-only, retrying while another process writes it.
+    """Open a DuckDB file read-only and sandboxed, retrying while another process writes it.
+
+    The connection can read the database and the files under ``objects/`` next to it (the
+    vault's objects, which the ``exp_<id>`` views read) and nothing else: no other file, no
+    network (``http://``, ``s3://``), no extension install or load, and its configuration is
+    locked so that no ``SET``/``RESET`` can undo that.
+
+    Args:
+        path: the database file (``<vault>/vault.duckdb``).
+        timeout: seconds to wait while a writer has the file.
 
     Raises:
         LockTimeoutError: if a writer held it for longer than ``timeout`` seconds.
-        InvalidInputError: if it is not a DuckDB database this version can read.
+        InvalidInputError: if it is not a DuckDB database this version can read, or the
+            sandbox cannot be set up.
     """
-    return _connect_retrying(
-        path, timeout, read_only=True,
+    conn = _connect_retrying(
+        path, timeout, read_only=True, config=_READER_CONFIG,
         busy=f"{path} has been open for writing by another process for over {timeout:g} s "
              "(a commit or `vault index`); try again when it finishes",
     )
+    try:
+        _sandbox(conn, [Path(path).parent / "objects"])
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _sandbox(conn: duckdb.DuckDBPyConnection, readable: Iterable[Path]) -> None:
+    """Confine a reader connection: only ``readable`` directories, no network, no extensions.
+
+    Raises:
+        InvalidInputError: if the connection's database is already locked without the sandbox.
+    """
+    import duckdb
+
+    # Connections to one file in one process share a database instance, and these settings are
+    # the instance's: a second reader finds them made and locked by the first.
+    locked, external = conn.execute(
+        "SELECT current_setting('lock_configuration'), current_setting('enable_external_access')"
+    ).fetchone()  # type: ignore[misc]
+    if locked:
+        if external:
+            raise InvalidInputError(
+                "the catalog is open in this process with a configuration that allows reading "
+                "any file; close that connection first"
+            )
+        return
+    # A directory with its trailing separator, so that `objects` does not also allow `objects2`.
+    dirs = [os.path.join(os.path.abspath(d), "") for d in readable]
+    try:
+        # allowed_directories must be set while external access is still on; lock last.
+        conn.execute("SET allowed_directories = ?", [dirs])
+        conn.execute("SET enable_external_access = false")
+        conn.execute("SET lock_configuration = true")
+    except duckdb.Error as exc:
+        raise InvalidInputError(f"could not confine the catalog connection: {exc}") from None
 
 
 def _connect_retrying(
     path: Path, timeout: float, *, read_only: bool, busy: str,
-    repair: Callable[[Exception], bool] | None = None,
+    repair: Callable[[Exception], bool] | None = None, config: Mapping[str, Any] | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """Open ``path``, waiting (with backoff) while another process has it in a conflicting mode.
 
@@ -308,6 +452,7 @@ def _connect_retrying(
         timeout: seconds to wait for other processes.
         read_only: open read-only (readers) or read-write (the writer).
         busy: the message of the error raised when ``timeout`` passes.
+        config: DuckDB settings to open it with.
         repair: called with an error that is not a lock conflict; returning True retries at
             once (it fixed something), False gives up.
 
@@ -321,7 +466,7 @@ def _connect_retrying(
     delay = 0.005
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return duckdb.connect(str(path), read_only=read_only, config=dict(config or {}))
         except duckdb.Error as exc:
             if not _is_lock_conflict(exc):
                 if repair is not None and repair(exc):
@@ -703,11 +848,7 @@ class CatalogWriter:
             _insert(conn, "objects", obj, lambda: pa.schema([
                 ("digest", pa.string()), ("size", pa.int64()), ("kind", pa.string()),
                 ("specimen_id", pa.string()), ("path", pa.string())]))
-        if grouped and len(parquet) > 1:
-            self._insert_metrics_grouped(conn, parquet)
-        else:
-            for sid, name, digest in parquet:
-                self._insert_metrics(conn, sid, name, digest)
+        self._index_metrics(conn, parquet, grouped)
 
     def _config_json(self, c: Commit) -> str | None:
         entry = c.tree.get("strata/config.msgpack")
@@ -718,25 +859,146 @@ class CatalogWriter:
         except (VaultError, OSError, ValueError):
             return None
 
-    def _insert_metrics(self, conn: duckdb.DuckDBPyConnection, sid: str, name: str, digest: str) -> None:
+    # -- metrics -------------------------------------------------------------------------
+    def _index_metrics(
+        self, conn: duckdb.DuckDBPyConnection, parquet: list[tuple[str, str, str]], grouped: bool,
+    ) -> None:
+        """Add the rows of these ``(specimen_id, file, digest)`` Parquet files to ``metrics``.
+
+        Raises:
+            _BadParquet: naming the file DuckDB could not read (file by file), or with no digest
+                if a multi-file statement failed; the caller redoes the update file by file.
+        """
         import duckdb
 
-        path, key = self._parquet_key(digest)
-        if key is None:
-            return  # not a readable Parquet file: the objects table still lists it
-        try:
-            plan = self._plan_for(conn, key, path)
-            conn.execute(
-                f"INSERT INTO metrics BY NAME SELECT ? AS specimen_id, ? AS file{plan} "
-                "FROM read_parquet(?)",
-                [sid, name, path],
-            )
-        except duckdb.Error as exc:
-            raise _BadParquet(digest, str(exc)) from None
+        files: list[_MetricsFile] = []
+        for sid, name, digest in parquet:
+            path, key, rows = self._parquet_info(digest)
+            # Not a readable Parquet file: the objects table still lists it. No rows: nothing
+            # to add, and its column types must not decide anything for the specimens with rows.
+            if key is not None and rows > 0:
+                files.append(_MetricsFile(sid, name, digest, path, key))
+        if grouped and len(files) > 1:
+            try:
+                reload = self._admit(conn, files)
+                self._load(conn, files, reload, grouped=True)
+            except duckdb.Error as exc:
+                raise _BadParquet("", str(exc)) from None
+            return
+        for f in files:
+            try:
+                reload = self._admit(conn, [f])
+                self._load(conn, [f], reload, grouped=False)
+            except duckdb.Error as exc:
+                raise _BadParquet(f.digest, str(exc)) from None
 
-    def _insert_metrics_grouped(
-        self, conn: duckdb.DuckDBPyConnection, parquet: list[tuple[str, str, str]]
+    def _admit(self, conn: duckdb.DuckDBPyConnection, files: list[_MetricsFile]) -> list[_MetricsFile]:
+        """Record the column types ``files`` wrote and settle every column's type; see :func:`_column_type`.
+
+        Adds new columns, changes the type of columns whose set of written types changed their
+        type, and keeps ``catalog_problems`` in step.
+
+        Returns:
+            Files already in ``metrics`` whose rows must be read again: a type change lost or
+            newly admits their values of some column.
+        """
+        columns = self._metrics_columns(conn)
+        written = self._written_types(conn)
+        new: dict[str, list[tuple[_MetricsFile, str, str]]] = {}  # column -> (file, name, type)
+        for f in files:
+            for _src, target, dtype in self._schema(conn, f):
+                new.setdefault(target.lower(), []).append((f, target, dtype))
+        problems: dict[str, list[Any]] = {k: [] for k in _PROBLEM_COLUMNS}
+        reload: dict[tuple[str, str], _MetricsFile] = {}
+        for low, writes in new.items():
+            types = written.setdefault(low, set())
+            types.update(t for _, _, t in writes)
+            want = _column_type(conn, types)
+            have = columns.get(low)
+            if have is None:
+                name = writes[0][1]
+                conn.execute(f"ALTER TABLE metrics ADD COLUMN {_ident(name)} {want}")
+                columns[low] = (name, want)
+            elif have[1] != want:
+                reload.update(self._retype(conn, low, have, want))
+                columns[low] = (have[0], want)
+                self._cache.plans.clear()
+                # Every writer's fit may have changed: its problems are computed again below.
+                conn.execute("DELETE FROM catalog_problems WHERE lower(column_name) = ?", [low])
+                old = conn.execute(
+                    "SELECT specimen_id, file, column_name, written_type FROM _metric_writers "
+                    "WHERE lower(column_name) = ?", [low],
+                ).fetchall()
+                for sid, fname, cname, t in old:
+                    _add_problem(conn, problems, sid, fname, cname, t, want)
+            for f, cname, t in writes:
+                _add_problem(conn, problems, f.sid, f.name, cname, t, want)
+        rows: dict[str, list[Any]] = {k: [] for k in _WRITER_COLUMNS}
+        for writes in new.values():
+            for f, cname, t in writes:
+                _add_row(rows, specimen_id=f.sid, file=f.name, digest=f.digest, column_name=cname,
+                         written_type=t)
+        if rows["specimen_id"]:
+            _insert(conn, "_metric_writers", rows, lambda: _string_schema(rows))
+        if problems["specimen_id"]:
+            _insert(conn, "catalog_problems", problems, lambda: _string_schema(problems))
+        return sorted(reload.values(), key=lambda f: (f.sid, f.name))
+
+    def _retype(
+        self, conn: duckdb.DuckDBPyConnection, low: str, have: tuple[str, str], want: str,
+    ) -> dict[tuple[str, str], _MetricsFile]:
+        """Change a metrics column from type ``have[1]`` to ``want`` as if built with ``want``.
+
+        Values that fit both types are cast; values of files that no longer fit become NULL; files
+        that fit now but did not before (or whose values a change of kind dropped) are returned to
+        be read again. The result is the table a build in any other order gives.
+        """
+        name, old = have
+        col = _ident(name)
+        keep = _fits(conn, old, want)
+        if keep:
+            conn.execute(f"ALTER TABLE metrics ALTER COLUMN {col} SET DATA TYPE {want}")
+        else:  # e.g. text, then the first numbers: no value of the old type is kept
+            conn.execute(f"ALTER TABLE metrics ALTER COLUMN {col} SET DATA TYPE {want} USING NULL")
+        writers = conn.execute(
+            "SELECT specimen_id, file, any_value(digest), list(written_type) FROM _metric_writers "
+            "WHERE lower(column_name) = ? GROUP BY ALL", [low],
+        ).fetchall()
+        reload: dict[tuple[str, str], _MetricsFile] = {}
+        for sid, fname, digest, types in writers:
+            real = [t for t in types if t != _NULL_TYPE]
+            if not real:
+                continue  # wrote only nulls: nothing to keep or to lose
+            was = all(_fits(conn, t, old) for t in real)
+            now = all(_fits(conn, t, want) for t in real)
+            if now and (not was or not keep):
+                path, key, _rows = self._parquet_info(digest)
+                if key is not None:
+                    reload[(sid, fname)] = _MetricsFile(sid, fname, digest, path, key)
+            elif was and not now and keep:
+                conn.execute(f"UPDATE metrics SET {col} = NULL WHERE specimen_id = ? AND file = ?",
+                             [sid, fname])
+        return reload
+
+    def _load(
+        self, conn: duckdb.DuckDBPyConnection, files: list[_MetricsFile],
+        reload: list[_MetricsFile], grouped: bool,
     ) -> None:
+        """Insert the rows of ``files`` and replace those of ``reload``."""
+        for f in reload:
+            conn.execute("DELETE FROM metrics WHERE specimen_id = ? AND file = ?", [f.sid, f.name])
+        todo = files + reload
+        if not grouped or len(todo) == 1:
+            for f in todo:
+                conn.execute(
+                    f"INSERT INTO metrics BY NAME SELECT ? AS specimen_id, ? AS file"
+                    f"{self._plan(conn, f)} FROM read_parquet(?)",
+                    [f.sid, f.name, f.path],
+                )
+            return
+        self._insert_grouped(conn, todo)
+
+    def _insert_grouped(self, conn: duckdb.DuckDBPyConnection, files: list[_MetricsFile]) -> None:
         """Insert many metrics files with one statement per schema instead of one per file.
 
         A statement costs about a millisecond whatever it reads, so a batch or a rebuild of
@@ -744,86 +1006,93 @@ class CatalogWriter:
         SELECT list each) and read by one ``read_parquet`` of a path list; the row order stays
         file by file, row by row. A path appears once per statement (identical metrics are one
         object shared by several specimens), so repeats go to a later statement.
-
-        Raises:
-            _BadParquet: with no digest if a statement failed; the caller redoes the update
-                file by file, which names the unreadable object.
         """
-        import duckdb
-
-        groups: dict[tuple[tuple[str, str], ...], list[list[tuple[str, str, str]]]] = {}
-        for sid, name, digest in parquet:
-            path, key = self._parquet_key(digest)
-            if key is None:
-                continue  # not a readable Parquet file: the objects table still lists it
-            rounds = groups.setdefault(key, [])
+        groups: dict[_Key, list[list[_MetricsFile]]] = {}
+        for f in files:
+            rounds = groups.setdefault(f.key, [])
             for batch in rounds:  # the first statement of this schema not reading this path yet
-                if all(p != path for _, _, p in batch):
-                    batch.append((sid, name, path))
+                if all(g.path != f.path for g in batch):
+                    batch.append(f)
                     break
             else:
-                rounds.append([(sid, name, path)])
-        try:
-            for key, rounds in groups.items():
-                for batch in rounds:
-                    plan = self._plan_for(conn, key, batch[0][2])
-                    sids, names, paths = (list(col) for col in zip(*batch, strict=True))
-                    conn.execute(
-                        f"INSERT INTO metrics BY NAME SELECT (?::VARCHAR[])[_cas_idx] AS specimen_id, "
-                        f"(?::VARCHAR[])[_cas_idx] AS file{plan} FROM (SELECT *, "
-                        "list_position(?::VARCHAR[], _cas_path) AS _cas_idx FROM read_parquet("
-                        "?::VARCHAR[], filename = '_cas_path', file_row_number = true)) "
-                        "ORDER BY _cas_idx, file_row_number",
-                        [sids, names, paths, paths],
-                    )
-        except duckdb.Error as exc:
-            raise _BadParquet("", str(exc)) from None
+                rounds.append([f])
+        for rounds in groups.values():
+            plan = self._plan(conn, rounds[0][0])
+            for batch in rounds:
+                sids = [f.sid for f in batch]
+                names = [f.name for f in batch]
+                paths = [f.path for f in batch]
+                conn.execute(
+                    f"INSERT INTO metrics BY NAME SELECT (?::VARCHAR[])[_cas_idx] AS specimen_id, "
+                    f"(?::VARCHAR[])[_cas_idx] AS file{plan} FROM (SELECT *, "
+                    "list_position(?::VARCHAR[], _cas_path) AS _cas_idx FROM read_parquet("
+                    "?::VARCHAR[], filename = '_cas_path', file_row_number = true)) "
+                    "ORDER BY _cas_idx, file_row_number",
+                    [sids, names, paths, paths],
+                )
 
-    def _parquet_key(self, digest: str) -> tuple[str, tuple[tuple[str, str], ...] | None]:
-        """Return a Parquet object's path and its schema as (name, type) pairs (None if unreadable)."""
+    def _parquet_info(self, digest: str) -> tuple[str, _Key | None, int]:
+        """Return a Parquet object's path, its schema as (name, type) pairs (None if unreadable)
+        and its row count."""
         import pyarrow.parquet as pq
 
         path = str(self.vault.objects.path(digest))
         try:
-            schema = pq.read_schema(path)
+            meta = pq.read_metadata(path)
+            schema = meta.schema.to_arrow_schema()
         except Exception:
-            return path, None
-        return path, tuple((f.name, str(f.type)) for f in schema)
+            return path, None, 0
+        return path, tuple((f.name, str(f.type)) for f in schema), int(meta.num_rows)
 
-    def _plan_for(self, conn: duckdb.DuckDBPyConnection, key: tuple[tuple[str, str], ...], path: str) -> str:
-        """The SELECT list for files of schema ``key`` (cached; see :meth:`_plan`)."""
-        plan = self._cache.plans.get(key)
+    def _schema(self, conn: duckdb.DuckDBPyConnection, f: _MetricsFile) -> list[tuple[str, str, str]]:
+        """(Parquet name, metrics column, DuckDB type) of each column of files of ``f``'s schema."""
+        cols = self._cache.schemas.get(f.key)
+        if cols is None:
+            cols = []
+            described = conn.execute("DESCRIBE SELECT * FROM read_parquet(?)", [f.path]).fetchall()
+            for name, dtype, *_ in described:
+                # keep the key columns ours
+                target = f"metric_{name}" if name.lower() in METRIC_KEY_COLUMNS else name
+                cols.append((name, target, dtype))
+            self._cache.schemas[f.key] = cols
+        return cols
+
+    def _plan(self, conn: duckdb.DuckDBPyConnection, f: _MetricsFile) -> str:
+        """The SELECT list for files of ``f``'s schema: every column whose type fits its column.
+
+        A column that does not fit (text where the catalog holds numbers) and an all-null one
+        are left out, so they are NULL.
+        """
+        plan = self._cache.plans.get(f.key)
         if plan is None:
-            plan = self._cache.plans[key] = self._plan(conn, path)
+            columns = self._metrics_columns(conn)
+            select = []
+            for src, target, dtype in self._schema(conn, f):
+                if dtype != _NULL_TYPE and _fits(conn, dtype, columns[target.lower()][1]):
+                    select.append(f", {_ident(src)} AS {_ident(target)}")
+            plan = self._cache.plans[f.key] = "".join(select)
         return plan
 
-    def _plan(self, conn: duckdb.DuckDBPyConnection, path: str) -> str:
-        """Make ``metrics`` able to hold this file's columns; return the SELECT list for it."""
-        incoming = conn.execute("DESCRIBE SELECT * FROM read_parquet(?)", [path]).fetchall()
-        columns = self._metrics_columns(conn)
-        select = []
-        for name, dtype, *_ in incoming:
-            target = name
-            if name.lower() in METRIC_KEY_COLUMNS:  # keep the key columns ours
-                target = f"metric_{name}"
-            low = target.lower()
-            have = columns.get(low)
-            if have is None:
-                conn.execute(f"ALTER TABLE metrics ADD COLUMN {_ident(target)} {dtype}")
-                columns[low] = dtype
-            elif have != dtype:
-                wider = _supertype(conn, have, dtype)
-                if wider != have:
-                    conn.execute(f"ALTER TABLE metrics ALTER COLUMN {_ident(target)} SET DATA TYPE {wider}")
-                    columns[low] = wider
-            select.append(f", {_ident(name)} AS {_ident(target)}")
-        return "".join(select)
-
-    def _metrics_columns(self, conn: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    def _metrics_columns(self, conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, str]]:
         if self._cache.columns is None:
             rows = conn.execute("DESCRIBE metrics").fetchall()
-            self._cache.columns = {r[0].lower(): r[1] for r in rows}
+            self._cache.columns = {r[0].lower(): (r[0], r[1]) for r in rows}
         return self._cache.columns
+
+    def _written_types(self, conn: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+        if self._cache.written is None:
+            rows = conn.execute(
+                "SELECT lower(column_name), list(DISTINCT written_type) FROM _metric_writers GROUP BY 1"
+            ).fetchall()
+            self._cache.written = {low: set(types) for low, types in rows}
+        return self._cache.written
+
+    def problems(self) -> tuple[CatalogProblem, ...]:
+        """Every row of ``catalog_problems`` (on the open connection; empty if there is none)."""
+        with self._mutex:
+            if self._conn is None:
+                return ()
+            return tuple(_read_problems(self._conn))
 
 
 class _BadParquet(Exception):
@@ -930,14 +1199,97 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _supertype(conn: duckdb.DuckDBPyConnection, a: str, b: str) -> str:
-    """The type a metrics column needs to hold values of types ``a`` and ``b``."""
-    if _is_numeric(a) and _is_numeric(b):
-        row = conn.execute(
-            f"DESCRIBE SELECT NULL::{a} AS x UNION ALL BY NAME SELECT NULL::{b} AS x"
-        ).fetchall()[0]
-        return str(row[1])
-    return "VARCHAR"  # mixed kinds (numbers and text, lists...): keep every value, as text
+_WRITER_COLUMNS = ("specimen_id", "file", "digest", "column_name", "written_type")
+_PROBLEM_COLUMNS = ("specimen_id", "file", "column_name", "written_type", "catalog_type", "detail")
+#: (type, type) -> DuckDB's common supertype (None if there is none); types are DuckDB's own.
+_SUPERTYPES: dict[tuple[str, str], str | None] = {}
+
+
+def _supertype(conn: duckdb.DuckDBPyConnection, a: str, b: str) -> str | None:
+    """DuckDB's implicit common type of ``a`` and ``b`` (None if there is none)."""
+    import duckdb
+
+    if a == b:
+        return a
+    pair = (a, b) if a <= b else (b, a)
+    if pair not in _SUPERTYPES:
+        try:
+            row = conn.execute(
+                f"DESCRIBE SELECT NULL::{pair[0]} AS x UNION ALL BY NAME SELECT NULL::{pair[1]} AS x"
+            ).fetchall()[0]
+            _SUPERTYPES[pair] = str(row[1])
+        except duckdb.Error:
+            _SUPERTYPES[pair] = None
+    return _SUPERTYPES[pair]
+
+
+def _fits(conn: duckdb.DuckDBPyConnection, t: str, column: str) -> bool:
+    """Whether values of type ``t`` go into a column of type ``column`` without turning into
+    something else: a widening (INTEGER into DOUBLE, DATE into TIMESTAMP), never into text."""
+    if t == column or t == _NULL_TYPE:
+        return True
+    if _is_numeric(column) != _is_numeric(t):
+        return False
+    return _supertype(conn, t, column) == column and _text_count(t) == _text_count(column)
+
+
+def _column_type(conn: duckdb.DuckDBPyConnection, written: Iterable[str]) -> str:
+    """The type of a metrics column, from the set of types files wrote for it (order-free).
+
+    Numbers beat every other kind once any file wrote numbers; the numeric types widen to their
+    common type, integers with floats to DOUBLE. Otherwise the types that widen losslessly into
+    one another are joined, taken in a fixed order (non-text types first, then by name), and a
+    type that cannot join stays out. Only nulls so far: a placeholder, replaced by the first
+    real type. Every type written that does not fit the result is a problem (NULL in metrics).
+    """
+    real = sorted({t for t in written if t != _NULL_TYPE})
+    if not real:
+        return _PLACEHOLDER_TYPE
+    numeric = [t for t in real if _is_numeric(t)]
+    if numeric:
+        acc = numeric[0]
+        for t in numeric[1:]:
+            acc = _supertype(conn, acc, t) or "DOUBLE"
+        if acc == "FLOAT" and any(t not in ("FLOAT", "BOOLEAN") for t in numeric):
+            acc = "DOUBLE"  # DuckDB joins FLOAT and BIGINT as FLOAT, which rounds large integers
+        return acc
+    real.sort(key=lambda t: (_text_count(t) > 0, t))
+    acc = real[0]
+    for t in real[1:]:
+        joined = _supertype(conn, acc, t)
+        if joined is not None and _fits(conn, acc, joined) and _fits(conn, t, joined):
+            acc = joined
+    return acc
+
+
+def _text_count(t: str) -> int:
+    return t.count("VARCHAR")
+
+
+def _add_problem(
+    conn: duckdb.DuckDBPyConnection, problems: dict[str, list[Any]], sid: str, file: str,
+    column: str, written: str, catalog_type: str,
+) -> None:
+    """Add a ``catalog_problems`` row if a file's column of type ``written`` does not fit."""
+    if _fits(conn, written, catalog_type):
+        return
+    kind = "numbers" if _is_numeric(catalog_type) else catalog_type
+    detail = (
+        f"strata/{file}.parquet of {sid} has {column} as {written}, but other specimens wrote "
+        f"{kind} there: in metrics its {column} is NULL (its other columns and rows are kept). "
+        f"Its own values are unchanged: Vault.specimen({sid!r}).read_metrics({file!r})"
+        + (f", or the view \"exp_{sid}\"" if file == "metrics" else "")
+    )
+    _add_row(problems, specimen_id=sid, file=file, column_name=column, written_type=written,
+             catalog_type=catalog_type, detail=detail)
+
+
+def _read_problems(conn: duckdb.DuckDBPyConnection) -> list[CatalogProblem]:
+    rows = conn.execute(
+        "SELECT specimen_id, file, column_name, written_type, catalog_type, detail "
+        "FROM catalog_problems ORDER BY specimen_id, file, lower(column_name)"
+    ).fetchall()
+    return [CatalogProblem(*r) for r in rows]
 
 
 def _is_numeric(t: str) -> bool:

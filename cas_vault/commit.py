@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -18,12 +19,19 @@ from .digest import Digest, hash_bytes, is_digest
 from .errors import InvalidInputError
 from .ids import validate_id
 
-__all__ = ["FORMAT_VERSION", "KINDS", "Commit", "Manifest", "TreeEntry", "kind_of", "utc_now"]
+__all__ = [
+    "FORMAT_VERSION", "KINDS", "METADATA_MAX_DEPTH", "Commit", "Manifest", "TreeEntry", "kind_of",
+    "utc_now",
+]
 
 #: Version of the commit format this code writes (and the newest it reads).
 FORMAT_VERSION = 1
 
 KINDS = ("parquet", "zarr", "msgpack", "text", "other")
+
+#: How deep manifest metadata may nest (the metadata map is level 1): a commit holds it two
+#: levels down, and a commit nests at most :data:`canonical.MAX_DEPTH` levels.
+METADATA_MAX_DEPTH = canonical.MAX_DEPTH - 2
 _TEXT_SUFFIXES = {".md", ".py", ".txt", ".json", ".log", ".csv", ".tsv", ".yaml", ".yml", ".toml", ".rst"}
 
 
@@ -101,20 +109,22 @@ class TreeEntry:
 
     @classmethod
     def from_map(cls, value: object, path: str) -> TreeEntry:
-        """Parse and validate a tree entry.
+        """Parse and validate a tree entry (docs/format.md 4.2).
 
         Raises:
-            InvalidInputError: if it is malformed.
+            InvalidInputError: if it is not a map of exactly ``digest``, ``kind`` and ``size``
+                with the specified types, naming what is wrong.
         """
-        if not isinstance(value, dict) or set(value) != {"digest", "kind", "size"}:
-            raise InvalidInputError(f"tree entry for {path!r} must have digest, kind and size")
+        what = f"tree entry for {path!r}"
+        value = _check_keys(value, _ENTRY_KEYS, what)
         d, s, k = value["digest"], value["size"], value["kind"]
         if not is_digest(d):
-            raise InvalidInputError(f"tree entry for {path!r} has a malformed digest")
+            raise InvalidInputError(
+                f"{what} has a malformed digest {d!r} (64 lowercase hex characters)")
         if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise InvalidInputError(f"tree entry for {path!r} has an invalid size")
+            raise InvalidInputError(f"{what} has size {s!r}, not a non-negative integer")
         if k not in KINDS:
-            raise InvalidInputError(f"tree entry for {path!r} has unknown kind {k!r}")
+            raise InvalidInputError(f"{what} has unknown kind {k!r} (one of {', '.join(KINDS)})")
         return cls(Digest(d), s, k)
 
 
@@ -128,6 +138,11 @@ class Manifest:
     tags: tuple[str, ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # The metadata map sits at level 3 of a commit (commit, manifest, metadata): refuse
+        # here, before anything is stored, what would make the commit too deep to encode.
+        canonical.check_nesting(self.metadata, "manifest metadata", METADATA_MAX_DEPTH)
+
     def to_map(self) -> dict[str, Any]:
         """Return the canonical map form."""
         return {
@@ -140,25 +155,32 @@ class Manifest:
 
     @classmethod
     def from_map(cls, value: object) -> Manifest:
-        """Parse and validate a manifest map.
+        """Parse and validate the manifest map of a commit (docs/format.md 4.2).
+
+        Strict: a map with a missing or an extra key would decode to a manifest that encodes
+        to other bytes, so the commit could no longer be named by its digest.
 
         Raises:
-            InvalidInputError: if it is malformed.
+            InvalidInputError: if it is not a map of exactly ``domain``, ``metadata``,
+                ``method``, ``model`` and ``tags`` with the specified types, naming what is wrong.
         """
-        if not isinstance(value, dict):
-            raise InvalidInputError("manifest must be a map")
+        value = _check_keys(value, _MANIFEST_KEYS, "commit manifest")
         for key in ("domain", "method"):
-            if not isinstance(value.get(key), str) or not value[key]:
-                raise InvalidInputError(f"manifest field {key!r} must be a non-empty string")
-        model = value.get("model")
+            if not isinstance(value[key], str) or not value[key]:
+                raise InvalidInputError(f"commit manifest field {key!r} is "
+                                        f"{_shown(value[key])}, not a non-empty string")
+        model = value["model"]
         if model is not None and not isinstance(model, str):
-            raise InvalidInputError("manifest field 'model' must be a string or nil")
-        tags = value.get("tags", [])
+            raise InvalidInputError(
+                f"commit manifest field 'model' is {_shown(model)}, not a string or nil")
+        tags = value["tags"]
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            raise InvalidInputError("manifest field 'tags' must be a list of strings")
-        metadata = value.get("metadata", {})
+            raise InvalidInputError(
+                f"commit manifest field 'tags' is {_shown(tags)}, not a list of strings")
+        metadata = value["metadata"]
         if not isinstance(metadata, dict):
-            raise InvalidInputError("manifest field 'metadata' must be a map")
+            raise InvalidInputError(
+                f"commit manifest field 'metadata' is {_shown(metadata)}, not a map")
         return cls(value["domain"], value["method"], model, tuple(tags), metadata)
 
 
@@ -234,30 +256,28 @@ class Commit:
                 version this code can read.
         """
         value = canonical.unpackb(data, "commit object", strict=True)
-        if not isinstance(value, dict):
-            raise InvalidInputError("commit object is not a map")
-        expected = {"author", "created", "manifest", "message", "parents", "specimen_id", "tree", "version"}
-        if set(value) != expected:
-            raise InvalidInputError(
-                f"commit object has fields {sorted(value)}, expected {sorted(expected)}"
-            )
+        value = _check_keys(value, _COMMIT_KEYS, "commit object")
         version = value["version"]
-        if not isinstance(version, int) or version < 1:
-            raise InvalidInputError(f"commit format version {version!r} is invalid")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise InvalidInputError(
+                f"commit field 'version' is {_shown(version)}, not a format version (1)")
         if version > FORMAT_VERSION:
             raise InvalidInputError(
                 f"commit format version {version} is newer than this cas-vault supports "
                 f"({FORMAT_VERSION}); upgrade cas-vault"
             )
-        for key in ("author", "message"):
+        for key in ("author", "created", "message", "specimen_id"):
             if not isinstance(value[key], str):
-                raise InvalidInputError(f"commit field {key!r} must be a string")
+                raise InvalidInputError(
+                    f"commit field {key!r} is {_shown(value[key])}, not a string")
         parents = value["parents"]
         if not isinstance(parents, list):
-            raise InvalidInputError("commit field 'parents' must be a list")
+            raise InvalidInputError(f"commit field 'parents' is {_shown(parents)}, not a list")
         tree = value["tree"]
         if not isinstance(tree, dict):
-            raise InvalidInputError("commit field 'tree' must be a map")
+            raise InvalidInputError(f"commit field 'tree' is {_shown(tree)}, not a map")
+        # The id, time, parent digests and tree paths are checked by __post_init__, as for
+        # a new commit.
         return cls(
             specimen_id=value["specimen_id"],
             created=value["created"],
@@ -268,3 +288,36 @@ class Commit:
             tree={p: TreeEntry.from_map(e, p) for p, e in tree.items()},
             version=version,
         )
+
+
+_COMMIT_KEYS = frozenset(
+    ("author", "created", "manifest", "message", "parents", "specimen_id", "tree", "version"))
+_MANIFEST_KEYS = frozenset(("domain", "metadata", "method", "model", "tags"))
+_ENTRY_KEYS = frozenset(("digest", "kind", "size"))
+
+
+def _shown(value: object) -> str:
+    """A short description of a decoded value for an error message."""
+    return f"{type(value).__name__} {reprlib.repr(value)}"
+
+
+def _check_keys(value: object, keys: frozenset[str], what: str) -> dict[str, Any]:
+    """Require ``value`` to be a map with exactly ``keys``.
+
+    Returns:
+        ``value``, typed as the map it is.
+
+    Raises:
+        InvalidInputError: naming the missing and the unexpected keys.
+    """
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{what} is {_shown(value)}, not a map")
+    if value.keys() == keys:
+        return value
+    missing = sorted(keys - value.keys())
+    extra = sorted(value.keys() - keys)
+    parts = ([f"lacks {', '.join(map(repr, missing))}"] if missing else []) + (
+        [f"has unexpected {', '.join(repr(k)[:40] for k in extra[:5])}"
+         + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")] if extra else [])
+    raise InvalidInputError(
+        f"{what} {' and '.join(parts)}; it must have exactly {', '.join(sorted(keys))}")

@@ -1,4 +1,9 @@
-"""``vault demo``: a complete first run for a new user, offline and in a few seconds."""
+"""``vault demo``: a complete first run for a new user, offline and in a few seconds.
+
+The demo pours four example specimens into its vault, and commits are never removed, so it
+only ever writes into a missing or empty directory, or into a demo vault: one holding the
+marker file :data:`DEMO_MARKER`, which the demo writes before anything else.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,23 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import VaultError
+from .atomic import write_replace
+from .errors import InvalidInputError, VaultError
 from .examples import example_dir
 from .vault import Vault
 
-__all__ = ["DEMO_ID", "DemoResult", "SAE_ACTS_ID", "SAE_WEIGHTS_ID", "SPECTRO_ID", "run_demo", "run_protocol"]
+__all__ = [
+    "DEMO_ID", "DEMO_MARKER", "DemoResult", "SAE_ACTS_ID", "SAE_WEIGHTS_ID", "SPECTRO_ID",
+    "check_demo_target", "run_demo", "run_protocol",
+]
+
+#: File in the root of a vault made by ``vault demo`` (docs/format.md, layout).
+DEMO_MARKER = "demo.txt"
+_MARKER_TEXT = (
+    "This vault was created by `vault demo` and holds its example specimens.\n"
+    "`vault demo` adds its examples only to a missing or empty directory or to a vault holding "
+    "this file.\n"
+)
 
 DEMO_ID = "example_synthetic_demo"
 SAE_ACTS_ID = "example_sae_activations"
@@ -109,14 +126,52 @@ def run_demo(path: Path) -> DemoResult:
         What was done.
 
     Raises:
+        InvalidInputError: if ``path`` is neither missing, nor an empty directory, nor a demo
+            vault (see :func:`check_demo_target`); nothing is written then.
         VaultError: if an example fails.
     """
-    vault = Vault.open_or_init(path)
+    root = Path(path)
+    check_demo_target(root)
+    if not (root / DEMO_MARKER).is_file():
+        # First, so a demo interrupted before `init` finished is still recognised as one.
+        root.mkdir(parents=True, exist_ok=True)
+        write_replace(root / DEMO_MARKER, _MARKER_TEXT.encode())
+    vault = Vault.open_or_init(root)
     result = DemoResult(vault)
     for sid, kwargs, message in EXAMPLES:
         _run_example(vault, result, sid, kwargs, message)
     _run_spectroscopy(vault, result)
     return result
+
+
+def check_demo_target(path: Path) -> None:
+    """Refuse a demo target that is not missing, not an empty directory and not a demo vault.
+
+    Args:
+        path: where the demo would write.
+
+    Raises:
+        InvalidInputError: saying what is there and what to do instead.
+    """
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir():
+        raise InvalidInputError(
+            f"{path} exists and is not a directory; run `vault demo --vault DIR` with a new or "
+            "empty directory"
+        )
+    if (path / DEMO_MARKER).is_file() or not any(path.iterdir()):
+        return
+    is_vault = (path / "vault.msgpack").exists()
+    what = ("is a vault that `vault demo` did not create" if is_vault
+            else "is not empty and is not a demo vault")
+    older = (" (a demo vault made by an older cas-vault, which wrote no marker, can be deleted "
+             "and made again)" if is_vault else "")
+    raise InvalidInputError(
+        f"{path} {what} (it has no {DEMO_MARKER}); the demo would add four example specimens "
+        "to it, and commits are never removed. Run `vault demo` for ./demo-vault, or "
+        f"`vault demo --vault DIR` with a new or empty directory{older}"
+    )
 
 
 #: (specimen id, Vault.new arguments, commit message) of each shipped example, in order.

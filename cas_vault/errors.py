@@ -13,7 +13,10 @@ a caller would do about them, and each category maps to one CLI exit code::
     +-- IntegrityError              bytes that do not match their digest (exit 1)
     |   +-- ChecksumMismatch        expected vs. actual digest, kept as attributes
     +-- LockTimeoutError            another process holds the vault lock too long
+    +-- FileChangedError            a working file changed while it was being committed
     +-- RunFailedError              a protocol exited non-zero; nothing committed (exit 3)
+    +-- QueryTimeoutError           a query ran longer than its timeout; cancelled (exit 124)
+    +-- QueryInterruptedError       Ctrl-C cancelled `vault query` (exit 130)
 
 Messages say what was wrong and what to do about it; the CLI prints them as they are.
 """
@@ -23,12 +26,15 @@ from __future__ import annotations
 __all__ = [
     "AlreadyExistsError",
     "ChecksumMismatch",
+    "FileChangedError",
     "ImmutableError",
     "IntegrityError",
     "InvalidIdError",
     "InvalidInputError",
     "LockTimeoutError",
     "NotFoundError",
+    "QueryInterruptedError",
+    "QueryTimeoutError",
     "RunFailedError",
     "TaxonomyError",
     "VaultError",
@@ -106,6 +112,13 @@ class LockTimeoutError(VaultError):
     """Another process held the vault lock for longer than we were willing to wait."""
 
 
+class FileChangedError(VaultError):
+    """A working file was written, truncated or replaced while a commit copied it.
+
+    Nothing is sealed; committing again once the writer has finished succeeds.
+    """
+
+
 class RunFailedError(VaultError):
     """A protocol run by ``vault run`` exited with a non-zero status; nothing was committed.
 
@@ -135,3 +148,36 @@ class RunFailedError(VaultError):
 
     def __reduce__(self):  # keep pickling working with the custom __init__
         return (type(self), (self.specimen_id, self.status, self.log_path, self.tail))
+
+
+class QueryTimeoutError(VaultError):
+    """A catalog query ran longer than the timeout it was given and was cancelled.
+
+    Not bad input: the same query may finish with a longer timeout or on a quieter machine. The
+    CLI exits with 124, as GNU ``timeout`` does.
+
+    Attributes:
+        timeout: the timeout in seconds.
+    """
+
+    exit_code = 124
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(
+            f"the query ran longer than its timeout of {timeout:g} s and was cancelled; nothing "
+            "was written. Narrow it (a WHERE clause, a LIMIT) or give it more time with --timeout"
+        )
+
+    def __reduce__(self):  # keep pickling working with the custom __init__
+        return (type(self), (self.timeout,))
+
+
+class QueryInterruptedError(VaultError):
+    """``vault query`` was interrupted (Ctrl-C, SIGINT); the query was cancelled.
+
+    The library raises :class:`KeyboardInterrupt` itself, once the query has stopped; the CLI
+    turns it into this error to exit with 130 (128 + SIGINT) and a message.
+    """
+
+    exit_code = 130

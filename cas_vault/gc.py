@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .atomic import FileLock, fsync_dir
 from .digest import Digest, is_digest
-from .errors import IntegrityError, InvalidInputError
+from .errors import ChecksumMismatch, IntegrityError, InvalidInputError, NotFoundError
 from .ids import validate_id
 from .refs import JournalEntry
 from .verify import TempItem, find_temp, scan_objects, walk_commits, working_index_digests
@@ -81,6 +80,8 @@ class GcReport:
         removed_temp_bytes: their size.
         kept_temp: temp files kept because their writer may still be running.
         removed: the removed paths, relative to the vault root (objects as ``objects/aa/<d>``).
+        unshared_objects: live objects that had a second name (a hard link from a working
+            file or elsewhere) and were given an inode of their own (would be, on a dry run).
     """
 
     dry_run: bool
@@ -94,6 +95,7 @@ class GcReport:
     removed_temp_bytes: int
     kept_temp: int
     removed: tuple[str, ...]
+    unshared_objects: int = 0
 
     @property
     def freed_bytes(self) -> int:
@@ -109,6 +111,7 @@ class GcReport:
             "recent_bytes": self.recent_bytes, "removed_temp": self.removed_temp,
             "removed_temp_bytes": self.removed_temp_bytes, "kept_temp": self.kept_temp,
             "freed_bytes": self.freed_bytes, "removed": list(self.removed),
+            "unshared_objects": self.unshared_objects,
         }
 
 
@@ -120,6 +123,31 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # exists, owned by someone else
     return True
+
+
+def _remove_tree(top: Path) -> None:
+    """Remove a directory and everything below it, without following symlinks.
+
+    ``shutil.rmtree`` recurses once per directory level before Python 3.13, so a deep temp
+    directory would end gc with RecursionError; this lists the tree breadth first, unlinking
+    files as it goes, then removes the directories deepest first.
+
+    Raises:
+        FileNotFoundError: if ``top`` does not exist.
+        OSError: if an entry cannot be removed.
+    """
+    dirs = [os.fspath(top)]
+    i = 0
+    while i < len(dirs):
+        with os.scandir(dirs[i]) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    dirs.append(entry.path)
+                else:
+                    os.unlink(entry.path)
+        i += 1
+    for d in reversed(dirs):  # every directory comes after its parent in the list
+        os.rmdir(d)
 
 
 def _temp_removable(item: TempItem, now: float, temp_age: float) -> bool:
@@ -253,7 +281,7 @@ def gc(
             if not dry_run:
                 try:
                     if item.is_dir:
-                        shutil.rmtree(item.path)
+                        _remove_tree(item.path)
                     else:
                         item.path.unlink()
                 except FileNotFoundError:
@@ -262,6 +290,20 @@ def gc(
             removed_temp += 1
             removed_temp_bytes += item.bytes
             removed.append(item.path.relative_to(vault.root).as_posix())
+        # A live object that another path also names can be changed by an ordinary write
+        # there (vaults written before objects had inodes of their own linked working files
+        # to them): give each one an inode of its own. Corrupt ones are left for verify.
+        unshared = 0
+        for d, (_, _, links) in sorted(scan.digests.items()):
+            if links <= 1 or d not in live:
+                continue
+            if dry_run:
+                unshared += 1
+                continue
+            try:
+                unshared += vault.objects.rehome(d)
+            except (ChecksumMismatch, NotFoundError):
+                continue
         # Make the removals durable before the lock lets writers in again.
         for directory in sorted(touched):
             try:
@@ -273,4 +315,5 @@ def gc(
         removed_objects=removed_objects, removed_bytes=removed_bytes,
         recent_objects=recent_objects, recent_bytes=recent_bytes, removed_temp=removed_temp,
         removed_temp_bytes=removed_temp_bytes, kept_temp=kept_temp, removed=tuple(removed),
+        unshared_objects=unshared,
     )

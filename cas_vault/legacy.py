@@ -17,17 +17,27 @@ its specimen's fields. Importing goes through :meth:`Vault.new` and :meth:`Vault
 Problems (no or corrupt manifest, a domain/method outside the taxonomy, an id that is not
 allowed) are collected in the report, and everything else is still imported. Importing again
 adds nothing: a specimen already committed from an import is skipped.
+
+No link is ever followed below the imported path, as a commit refuses them: a specimen (or run)
+holding a symbolic link or a special file (FIFO, socket, device) is not imported at all, and
+the report names each such path and why. Files are opened with ``O_NOFOLLOW`` relative to
+directories opened the same way, checked with ``fstat`` to be regular files and copied from
+that descriptor, so a file swapped for a link after the check is not followed either. A
+specimen is imported whole or not at all.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import canonical
+from .commit import METADATA_MAX_DEPTH
 from .errors import InvalidInputError, NotFoundError, VaultError
 from .ids import validate_id
 from .workdir import MANIFEST_NAME, read_manifest
@@ -35,10 +45,24 @@ from .workdir import MANIFEST_NAME, read_manifest
 if TYPE_CHECKING:
     from .vault import Vault
 
-__all__ = ["ImportProblem", "ImportReport", "ImportedSpecimen", "import_legacy", "run_specimen_id"]
+__all__ = [
+    "ImportProblem", "ImportReport", "ImportedSpecimen", "MAX_DIR_DEPTH", "RefusedPath",
+    "import_legacy", "run_specimen_id",
+]
 
 _MAPPED = {"domain", "method", "tags", "model", "taxonomy", "specimen_id", "created"}
 _SCAFFOLD = ("protocol.py", "field_notes.md")
+#: Never copied, at any depth (interpreter caches and Finder litter).
+_JUNK = frozenset(("__pycache__", ".DS_Store"))
+#: Directories nested deeper than this below a specimen or run are refused: the walk keeps one
+#: open descriptor per level.
+MAX_DIR_DEPTH = 128
+#: A legacy manifest becomes ``metadata.legacy.fields``, two levels below the metadata map.
+_FIELDS_MAX_DEPTH = METADATA_MAX_DEPTH - 2
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO swapped in after the scan must not block the open; fstat then refuses it.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -66,14 +90,44 @@ class ImportProblem:
         return {"source": self.source, "message": self.message}
 
 
+@dataclass(frozen=True)
+class RefusedPath:
+    """A symbolic link or special file found in a legacy specimen, which kept it out.
+
+    Attributes:
+        path: the link or file, in the legacy tree.
+        reason: what it is (e.g. ``"a symbolic link to '/etc/shadow'"``).
+        specimen_id: the specimen (or run) that was not imported because of it; None for a
+            link to ``specimens/`` or ``runs/`` itself, which keeps out all of them.
+    """
+
+    path: str
+    reason: str
+    specimen_id: str | None
+
+    def to_dict(self) -> dict[str, str | None]:
+        """JSON form."""
+        return {"path": self.path, "reason": self.reason, "specimen_id": self.specimen_id}
+
+
 @dataclass
 class ImportReport:
-    """What :func:`import_legacy` did."""
+    """What :func:`import_legacy` did.
+
+    Attributes:
+        source: the directory imported.
+        imported: the specimens committed.
+        already: ids of specimens committed by an earlier import, left as they are.
+        problems: one entry per specimen, run or directory that was not (fully) imported.
+        refused: every symbolic link or special file that kept a specimen out (each one also
+            has its specimen's entry in ``problems``).
+    """
 
     source: str
     imported: list[ImportedSpecimen] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
     problems: list[ImportProblem] = field(default_factory=list)
+    refused: list[RefusedPath] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -87,6 +141,7 @@ class ImportReport:
             "imported": [i.to_dict() for i in self.imported],
             "already_imported": list(self.already),
             "problems": [p.to_dict() for p in self.problems],
+            "refused": [r.to_dict() for r in self.refused],
         }
 
 
@@ -99,10 +154,17 @@ def _plain(value: Any) -> Any:
     """Turn a decoded legacy msgpack value into something canonical msgpack can store."""
     import msgpack
 
+    # Loops, not comprehensions: one frame per level (the caller bounds the depth).
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            out[str(k)] = _plain(v)
+        return out
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        items = []
+        for v in value:
+            items.append(_plain(v))
+        return items
     if isinstance(value, msgpack.Timestamp):
         return value.to_datetime().isoformat()
     if isinstance(value, msgpack.ExtType):
@@ -114,25 +176,139 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
-def _read_legacy_manifest(path: Path) -> dict[str, Any]:
+def _decode_legacy_manifest(data: bytes, path: Path) -> dict[str, Any]:
     """Decode a seed manifest (plain msgpack, not necessarily canonical).
 
     Raises:
-        NotFoundError: missing. InvalidInputError: corrupt or not a map.
+        InvalidInputError: corrupt, not a map, or nested too deep to keep in a commit.
     """
     import msgpack
 
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise NotFoundError(f"{path} is missing") from None
     try:
         value = msgpack.unpackb(data, raw=False, strict_map_key=False, timestamp=0)
     except Exception as exc:  # msgpack raises many types for corrupt input
         raise InvalidInputError(f"{path} is not valid msgpack ({type(exc).__name__}: {exc})") from None
     if not isinstance(value, dict):
         raise InvalidInputError(f"{path} holds a {type(value).__name__}, not a map of fields")
+    canonical.check_nesting(value, str(path), _FIELDS_MAX_DEPTH)
     return _plain(value)
+
+
+def _describe(mode: int) -> str:
+    """What a non-regular, non-directory file is, for the report."""
+    for test, what in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _why(dir_fd: int, name: str, mode: int) -> str:
+    """The reason a link or special file is refused."""
+    if stat.S_ISLNK(mode):
+        try:
+            target = os.readlink(name, dir_fd=dir_fd)
+        except OSError:
+            target = "?"
+        return f"a symbolic link to {target!r}; links are never followed"
+    return f"{_describe(mode)}, not a regular file or directory"
+
+
+def _walk(dir_fd: int, name: str, where: Path, dest: Path | None,
+          refused: list[tuple[Path, str]], depth: int = 0) -> None:
+    """Scan (``dest`` None) or copy one entry of a legacy tree, following no link.
+
+    Args:
+        dir_fd: descriptor of the directory holding ``name`` (opened without following links).
+        name: the entry.
+        where: the path of that directory, for messages.
+        dest: where to copy it, or None to only scan.
+        refused: scanning appends ``(path, reason)`` for every link or special file here.
+        depth: directory levels above ``name`` inside the specimen.
+
+    Raises:
+        InvalidInputError: when copying, for a link or special file (the tree changed since
+            it was scanned).
+        OSError: if it cannot be read.
+    """
+    path = where / name
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISREG(st.st_mode):
+        if dest is not None:
+            _copy_file(dir_fd, name, path, dest)
+        return
+    if stat.S_ISDIR(st.st_mode) and depth < MAX_DIR_DEPTH:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)  # ELOOP if it became a link meanwhile
+        try:
+            if dest is not None:
+                dest.mkdir(exist_ok=True)
+            for child in sorted(os.listdir(fd)):
+                if child not in _JUNK and not child.endswith(".pyc"):
+                    _walk(fd, child, path, None if dest is None else dest / child, refused,
+                          depth + 1)
+        finally:
+            os.close(fd)
+        return
+    if stat.S_ISDIR(st.st_mode):
+        reason = f"directories nested deeper than {MAX_DIR_DEPTH} levels"
+    else:
+        reason = _why(dir_fd, name, st.st_mode)
+    if dest is not None:
+        raise InvalidInputError(f"{path} is {reason} (it changed while it was imported)")
+    refused.append((path, reason))
+
+
+def _open_file(dir_fd: int, name: str, path: Path) -> int:
+    """Open a regular file without following a link.
+
+    Raises:
+        NotFoundError: if it does not exist.
+        InvalidInputError: if it is a link or not a regular file.
+    """
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise NotFoundError(f"{path} is missing") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link
+            raise InvalidInputError(f"{path} is {_why(dir_fd, name, stat.S_IFLNK)}") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise InvalidInputError(f"{path} is {_describe(mode)}, not a regular file")
+    return fd
+
+
+def _copy_file(dir_fd: int, name: str, path: Path, dest: Path) -> None:
+    """Copy a regular file from the descriptor that was checked, never through a link."""
+    fd = _open_file(dir_fd, name, path)
+    try:
+        with open(dest, "xb") as out:
+            while chunk := os.read(fd, 1 << 20):
+                out.write(chunk)
+    finally:
+        os.close(fd)
+
+
+def _read_file(dir_fd: int, name: str, path: Path) -> bytes:
+    """Read a regular file without following a link (see :func:`_open_file`)."""
+    fd = _open_file(dir_fd, name, path)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
 def _fields(raw: dict[str, Any], where: Path) -> dict[str, Any]:
@@ -192,30 +368,86 @@ def _override(f: dict[str, Any], raw: dict[str, Any], where: Path) -> None:
     taxonomy.check(f["domain"], f["method"])
 
 
-def _specimen_dirs(path: Path) -> list[Path]:
-    if (path / "specimens").is_dir():
-        path = path / "specimens"
-    elif any((path / n).exists() for n in (MANIFEST_NAME, "strata", "runs", "protocol.py")):
-        return [path]
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _copy_entry(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir():
-        shutil.copytree(src, dest, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".DS_Store"))
-    else:
-        shutil.copyfile(src, dest)
+#: An entry to copy: (descriptor of its directory, its name, that directory's path, destination
+#: path relative to the working directory).
+_Entry = tuple[int, str, Path, str]
 
 
 class _Importer:
-    def __init__(self, vault: Vault, source: Path) -> None:
+    def __init__(self, vault: Vault, source: Path, source_fd: int) -> None:
         self.vault = vault
+        self.source = source
+        self.source_fd = source_fd
         self.report = ImportReport(str(source))
 
     def problem(self, where: Path | str, message: str) -> None:
         self.report.problems.append(ImportProblem(str(where), message))
+
+    def open_dir(self, path: Path) -> int:
+        """Open a directory below the source, following no link on the way.
+
+        Raises:
+            OSError: ``ELOOP`` / ``ENOTDIR`` if a component is a link or not a directory.
+        """
+        fd = os.dup(self.source_fd)
+        try:
+            for part in path.relative_to(self.source).parts:
+                below = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = below
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def specimen_dirs(self) -> list[Path]:
+        """The specimen directories to import; links among them are reported, not followed."""
+        path = self.source
+        st = _lstat(self.source_fd, "specimens")
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            self.refuse(None, [(path / "specimens", _why(self.source_fd, "specimens", st.st_mode))],
+                        path / "specimens", "no specimen was imported")
+            return []
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            path = path / "specimens"
+        elif any(_lstat(self.source_fd, n) is not None
+                 for n in (MANIFEST_NAME, "strata", "runs", "protocol.py")):
+            return [path]
+        fd = self.open_dir(path)
+        try:
+            out = []
+            for name in sorted(os.listdir(fd)):
+                if name.startswith("."):
+                    continue
+                st = _lstat(fd, name)
+                if st is None:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    out.append(path / name)
+                elif stat.S_ISLNK(st.st_mode):
+                    self.refuse(name, [(path / name, _why(fd, name, st.st_mode))], path / name,
+                                "not imported")
+            return out
+        finally:
+            os.close(fd)
+
+    def refuse(self, specimen_id: str | None, refused: list[tuple[Path, str]], where: Path,
+               consequence: str) -> None:
+        """Report the links and special files that keep ``specimen_id`` out."""
+        for path, reason in refused:
+            self.report.refused.append(RefusedPath(str(path), reason, specimen_id))
+        shown = ", ".join(str(p) for p, _ in refused[:3]) + (
+            f" and {len(refused) - 3} more" if len(refused) > 3 else "")
+        self.problem(where, f"{consequence}: {len(refused)} path(s) are symbolic links or special "
+                            f"files, which import never follows or copies ({shown}); replace each "
+                            "with the data it stands for (or remove it) and import again")
+
+    def scan(self, entries: list[_Entry]) -> list[tuple[Path, str]]:
+        """Every link and special file among ``entries`` (an empty list: all can be copied)."""
+        refused: list[tuple[Path, str]] = []
+        for dir_fd, name, where, _ in entries:
+            _walk(dir_fd, name, where, None, refused)
+        return refused
 
     def _state(self, specimen_id: str, src: Path) -> str:
         """'new', 'done' (committed from an import) or 'conflict' (reported)."""
@@ -246,7 +478,7 @@ class _Importer:
         return "new"
 
     def _create(self, specimen_id: str, src: Path, f: dict[str, Any], legacy: dict[str, Any],
-                parents: list[str], files: list[tuple[Path, str]], message: str) -> None:
+                parents: list[str], entries: list[_Entry], message: str) -> None:
         v = self.vault
         canonical.packb(legacy)
         wd = v.new(specimen_id, domain=f["domain"], method=f["method"], tags=f["tags"],
@@ -254,8 +486,8 @@ class _Importer:
         try:
             for name in _SCAFFOLD:  # the legacy files replace the templates, or none is kept
                 (wd / name).unlink()
-            for path, rel in files:
-                _copy_entry(path, wd / rel)
+            for dir_fd, name, where, rel in entries:
+                _walk(dir_fd, name, where, wd / rel, [])
             commit = v.commit(specimen_id, message=message)
         except BaseException:
             if v.refs.get(specimen_id) is None:
@@ -263,18 +495,53 @@ class _Importer:
             raise
         self.report.imported.append(ImportedSpecimen(specimen_id, str(src), commit.digest))
 
+    def _manifest(self, src_fd: int, src: Path) -> dict[str, Any]:
+        """The seed manifest: ``<id>/manifest.msgpack``, else ``<id>/strata/manifest.msgpack``.
+
+        Raises:
+            NotFoundError: neither exists. InvalidInputError: corrupt, a link, not a file.
+        """
+        if _lstat(src_fd, MANIFEST_NAME) is not None:
+            return _decode_legacy_manifest(_read_file(src_fd, MANIFEST_NAME, src / MANIFEST_NAME),
+                                           src / MANIFEST_NAME)
+        path = src / "strata" / MANIFEST_NAME
+        try:
+            strata_fd = os.open("strata", _DIR_FLAGS, dir_fd=src_fd)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFoundError(f"{src / MANIFEST_NAME} is missing") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InvalidInputError(
+                    f"{src / 'strata'} is a symbolic link; links are never followed") from None
+            raise
+        try:
+            if _lstat(strata_fd, MANIFEST_NAME) is None:
+                raise NotFoundError(f"{src / MANIFEST_NAME} is missing")
+            return _decode_legacy_manifest(_read_file(strata_fd, MANIFEST_NAME, path), path)
+        finally:
+            os.close(strata_fd)
+
     def import_specimen(self, src: Path) -> None:
         try:
             sid = validate_id(src.name)
         except VaultError as exc:
             self.problem(src, f"not imported: {exc}")
             return
-        manifest_path = src / MANIFEST_NAME
-        if not manifest_path.exists() and (src / "strata" / MANIFEST_NAME).exists():
-            manifest_path = src / "strata" / MANIFEST_NAME
         try:
-            raw = _read_legacy_manifest(manifest_path)
-            f = _fields(raw, manifest_path)
+            src_fd = self.open_dir(src)
+        except OSError as exc:
+            self.problem(src, f"not imported: {src} cannot be opened as a directory without "
+                              f"following a link ({exc.strerror})")
+            return
+        try:
+            self._import_specimen(sid, src, src_fd)
+        finally:
+            os.close(src_fd)
+
+    def _import_specimen(self, sid: str, src: Path, src_fd: int) -> None:
+        try:
+            raw = self._manifest(src_fd, src)
+            f = _fields(raw, src / MANIFEST_NAME)
             from . import taxonomy
 
             taxonomy.check(f["domain"], f["method"])
@@ -283,29 +550,63 @@ class _Importer:
                               f"unknown; add {src / MANIFEST_NAME} (a msgpack map with at least "
                               "'domain' and 'method') and import again")
             return
-        except VaultError as exc:
+        except (VaultError, OSError) as exc:
             self.problem(src, f"not imported: {exc}")
             return
-        runs_dir = src / "runs"
         base_state = self._state(sid, src)
         if base_state == "conflict":
             return
+        runs = _lstat(src_fd, "runs")
         if base_state == "new":
             legacy = {"source": str(src), "layout": "specimen", "specimen_id": f["specimen_id"],
                       "created": f["created"], "fields": f["fields"]}
-            files = [(p, p.name) for p in sorted(src.iterdir())
-                     if p.name not in (MANIFEST_NAME, "runs", "__pycache__")
-                     and not p.name.startswith(".")]
             try:
-                self._create(sid, src, f, legacy, [], files, f"import-legacy {src}")
+                entries: list[_Entry] = [
+                    (src_fd, n, src, n) for n in sorted(os.listdir(src_fd))
+                    if n not in (MANIFEST_NAME, "runs") and not n.startswith(".")
+                    and n not in _JUNK and not n.endswith(".pyc")]
+                refused = self.scan(entries)
+                if refused:
+                    self.refuse(sid, refused, src, "not imported" + (
+                        " (nor its runs)" if runs is not None else ""))
+                    return
+                self._create(sid, src, f, legacy, [], entries, f"import-legacy {src}")
             except (VaultError, OSError) as exc:
                 self.problem(src, f"not imported: {exc}")
                 return
-        if runs_dir.is_dir():
-            for run in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-                self.import_run(sid, src, f, run)
+        if runs is None:
+            return
+        if not stat.S_ISDIR(runs.st_mode):
+            if stat.S_ISLNK(runs.st_mode):
+                self.refuse(None, [(src / "runs", _why(src_fd, "runs", runs.st_mode))],
+                            src / "runs", "its runs were not imported")
+            return
+        try:
+            runs_fd = os.open("runs", _DIR_FLAGS, dir_fd=src_fd)
+        except OSError as exc:
+            self.problem(src / "runs", f"runs not imported: {exc.strerror}")
+            return
+        try:
+            try:
+                names = sorted(os.listdir(runs_fd))
+            except OSError as exc:
+                self.problem(src / "runs", f"runs not imported: {exc.strerror}")
+                return
+            for name in names:
+                st = _lstat(runs_fd, name)
+                if st is None:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    self.import_run(sid, src, src_fd, f, src / "runs" / name, runs_fd)
+                elif stat.S_ISLNK(st.st_mode):
+                    self.refuse(run_specimen_id(sid, name),
+                                [(src / "runs" / name, _why(runs_fd, name, st.st_mode))],
+                                src / "runs" / name, "run not imported")
+        finally:
+            os.close(runs_fd)
 
-    def import_run(self, sid: str, src: Path, base: dict[str, Any], run: Path) -> None:
+    def import_run(self, sid: str, src: Path, src_fd: int, base: dict[str, Any], run: Path,
+                   runs_fd: int) -> None:
         try:
             rid = validate_id(run_specimen_id(sid, run.name))
         except VaultError as exc:
@@ -313,12 +614,37 @@ class _Importer:
             return
         if self._state(rid, run) != "new":
             return
+        try:
+            run_fd = os.open(run.name, _DIR_FLAGS, dir_fd=runs_fd)
+        except OSError as exc:
+            self.problem(run, f"run not imported: {exc.strerror}")
+            return
+        try:
+            self._import_run(sid, rid, src, src_fd, base, run, run_fd)
+        except (VaultError, OSError) as exc:
+            self.problem(run, f"run not imported: {exc}")
+        finally:
+            os.close(run_fd)
+
+    def _import_run(self, sid: str, rid: str, src: Path, src_fd: int, base: dict[str, Any],
+                    run: Path, run_fd: int) -> None:
+        entries: list[_Entry] = []
+        for n in _SCAFFOLD:  # the specimen's, shared by its runs; a link is refused below
+            st = _lstat(src_fd, n)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                entries.append((src_fd, n, src, n))
+        entries += [(run_fd, n, run, f"strata/{n}") for n in sorted(os.listdir(run_fd))
+                    if not n.startswith(".") and n not in _JUNK and not n.endswith(".pyc")]
+        refused = self.scan(entries)
+        if refused:
+            self.refuse(rid, refused, run, "run not imported")
+            return
         f = dict(base)
         run_fields: dict[str, Any] = {}
-        mpath = run / MANIFEST_NAME
-        if mpath.exists():
+        if _lstat(run_fd, MANIFEST_NAME) is not None:
+            mpath = run / MANIFEST_NAME
             try:
-                raw = _read_legacy_manifest(mpath)
+                raw = _decode_legacy_manifest(_read_file(run_fd, MANIFEST_NAME, mpath), mpath)
             except VaultError as exc:
                 self.problem(run, f"run imported with its specimen's fields, because {exc}")
                 raw = {}
@@ -331,13 +657,7 @@ class _Importer:
         legacy = {"source": str(run), "layout": "run", "run": run.name,
                   "specimen_id": sid, "created": f.get("created"),
                   "fields": {**base["fields"], **run_fields}}
-        files = [(src / n, n) for n in _SCAFFOLD if (src / n).is_file()]
-        files += [(p, f"strata/{p.name}") for p in sorted(run.iterdir())
-                  if not p.name.startswith(".") and p.name != "__pycache__"]
-        try:
-            self._create(rid, run, f, legacy, [sid], files, f"import-legacy {run}")
-        except (VaultError, OSError) as exc:
-            self.problem(run, f"run not imported: {exc}")
+        self._create(rid, run, f, legacy, [sid], entries, f"import-legacy {run}")
 
 
 def import_legacy(vault: Vault, path: str | os.PathLike[str]) -> ImportReport:
@@ -357,7 +677,12 @@ def import_legacy(vault: Vault, path: str | os.PathLike[str]) -> ImportReport:
     source = Path(path).resolve()
     if not source.is_dir():
         raise NotFoundError(f"{source} is not a directory; pass the seed checkout or its specimens/")
-    importer = _Importer(vault, source)
-    for src in _specimen_dirs(source):
-        importer.import_specimen(src)
+    # PATH itself is the caller's choice (it was resolved above); nothing below it is followed.
+    source_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        importer = _Importer(vault, source, source_fd)
+        for src in importer.specimen_dirs():
+            importer.import_specimen(src)
+    finally:
+        os.close(source_fd)
     return importer.report

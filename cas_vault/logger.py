@@ -37,7 +37,7 @@ from .errors import (
     NotFoundError,
 )
 from .storage import check_name
-from .workdir import PRIVATE_DIR
+from .workdir import PRIVATE_DIR, writing
 
 if TYPE_CHECKING:
     import polars as pl
@@ -459,8 +459,9 @@ class SpecimenLogger:
 
         self._check_open()
         try:
-            self.flush()
-            _assemble(self.path, self.name)
+            with writing(self.path):  # a commit never sees the parts half assembled
+                self.flush()
+                _assemble(self.path, self.name)
         finally:
             self._close()
         if not self._commit:
@@ -615,7 +616,8 @@ class SpecimenLogger:
         # Parts are transient (re-encoded with zstd on assembly): lz4 is ~8x faster to write.
         df.write_parquet(buf, compression="lz4", statistics=False)
         part = _log_root(self.path) / self.name / f"{_PART_PREFIX}{self.flushes:08d}.parquet"
-        write_replace(part, buf.getbuffer())
+        with writing(self.path):
+            write_replace(part, buf.getbuffer())
         self.flushes += 1
         self._cols, self._steps, self._n = {}, [], 0
 

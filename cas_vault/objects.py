@@ -3,22 +3,37 @@
 An object's name is the BLAKE3 digest of its exact bytes, with no header, so DuckDB, zarr
 and any other reader can use the file in place. Objects are created once (put-if-absent),
 made read-only, and never modified; only ``vault gc`` removes unreachable ones.
+
+An object's inode is the store's alone: files are copied in (hashed while they are copied, from
+one open file), never hard-linked, so no working path, and no process that opened a working
+file earlier, can write to sealed bytes.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .atomic import fsync_dir, fsync_many, link_if_absent, put_if_absent, write_temp
-from .digest import Digest, hash_bytes, hash_file, is_digest, parse_digest
-from .errors import ChecksumMismatch, IntegrityError, NotFoundError
+from .atomic import (
+    fsync_dir,
+    fsync_many,
+    link_if_absent,
+    put_if_absent,
+    replace_with,
+    temp_path,
+    write_temp,
+)
+from .digest import Digest, Hasher, hash_bytes, is_digest, parse_digest
+from .errors import ChecksumMismatch, FileChangedError, InvalidInputError, NotFoundError
 
 __all__ = ["ObjectBatch", "ObjectStore"]
 
 _OBJECT_MODE = 0o444
+#: Bytes read and written per call when a file is copied into the store.
+COPY_BLOCK = 4 << 20
 
 
 class ObjectStore:
@@ -88,30 +103,70 @@ class ObjectStore:
             self._touch(path)
         return digest
 
-    def put_file(self, src: Path, known: Digest | None = None) -> tuple[Digest, int]:
-        """Store the file at ``src`` without copying its bytes: it is hard-linked into place.
+    def put_file(self, src: Path) -> tuple[Digest, int]:
+        """Store a copy of the file at ``src``; it stays the caller's, untouched.
 
-        The file is hashed (unless it is already the object named ``known``), fsynced and
-        linked to its object name, whose directory is then fsynced. Afterwards the working file
-        and the object are one inode, made read-only: the sealed bytes are written once. To
-        store many files, use :meth:`batch`, which waits for the disk twice in all.
+        The bytes are hashed as they are copied from one open file, so the object holds exactly
+        the bytes its name was computed from. To store many files, use :meth:`batch`, which
+        waits for the disk twice in all.
 
         Args:
-            src: a regular file on the vault's filesystem.
-            known: a digest recorded for this file when it was written; trusted only if
-                ``src`` already is that object (same inode).
+            src: a regular file (symlinks are refused, not followed).
 
         Returns:
             ``(digest, size)``.
 
         Raises:
-            IntegrityError: if the file changed while it was being stored.
-            OSError: if it cannot be read or linked.
+            FileChangedError: if the file changed or was replaced while it was being copied.
+            InvalidInputError: if ``src`` is a symlink or not a regular file.
+            OSError: if it cannot be read.
         """
         batch = self.batch()
-        out = batch.add_file(src, known)
+        out = batch.add_file(src)
         batch.publish()
         return out
+
+    def rehome(self, digest: Digest | str) -> bool:
+        """Give an object whose inode has other names a fresh inode of its own.
+
+        The bytes are copied (and checked against the digest as they are), then the copy
+        replaces the object's name: every other name keeps the old inode, which is no longer
+        the object, so writing through them cannot change sealed bytes any more.
+
+        Args:
+            digest: the object.
+
+        Returns:
+            True if it was rehomed; False if it has one name only (nothing to do).
+
+        Raises:
+            ChecksumMismatch: if the object's bytes no longer hash to its name (it is left
+                alone: `vault verify` reports it).
+            NotFoundError: if it does not exist.
+        """
+        path = self.path(digest)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFoundError(f"object {digest} is missing from {self.root}") from None
+        try:
+            st = os.fstat(fd)
+            if st.st_nlink <= 1:
+                return False
+            tmp = temp_path(self.tmp_dir, "r")
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _OBJECT_MODE)
+            try:
+                got, _ = _copy_hashing(fd, out, st.st_size)
+            finally:
+                os.close(out)
+        finally:
+            os.close(fd)
+        if got != digest:
+            tmp.unlink(missing_ok=True)
+            raise ChecksumMismatch(str(digest), got, f"object {digest}")
+        replace_with(tmp, path)
+        return True
 
     @staticmethod
     def _touch(path: Path) -> None:
@@ -198,45 +253,81 @@ class ObjectBatch:
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
-        self._link: dict[Digest, tuple[Path, bool]] = {}  # digest -> (source, source is a temp)
+        self._link: dict[Digest, Path] = {}  # digest -> temp file holding its bytes
         self._names: set[Digest] = set()  # objects whose fan-out directory must be fsynced
         self._existing: set[Digest] = set()  # stored before: refreshed for gc's grace period
         self._moves: list[tuple[Path, Path]] = []  # (temp file, destination) outside objects/
         self._published = False
 
-    def add_file(self, src: Path, known: Digest | None = None) -> tuple[Digest, int]:
-        """Hash the file at ``src`` for storing by hard link (no copy) when published.
+    def add_file(self, src: Path) -> tuple[Digest, int]:
+        """Copy the file at ``src`` to a temp file of the store, hashing the bytes as they go.
+
+        The object is made from that copy when the batch is published, so what is sealed is
+        exactly what was hashed, and the working file keeps its own inode: writing to it later,
+        through any path or any file descriptor opened before, never changes the object. The
+        file is opened once, without following a symlink; its size, mtime, ctime and inode are
+        compared before and after the copy, and with what its path names afterwards, so a file
+        that a writer extended, rewrote or replaced meanwhile is refused rather than sealed as
+        a mix. (A same-size rewrite within the filesystem's timestamp granularity cannot be
+        seen; writers that take the working-directory lock never race a commit.)
 
         Args:
-            src: a regular file on the vault's filesystem.
-            known: a digest recorded when the file was written; trusted only if ``src``
-                already is that object (same inode), in which case nothing is done at all:
-                whoever linked it made it durable then.
+            src: a regular file.
 
         Returns:
             ``(digest, size)``.
 
         Raises:
-            IntegrityError: if the file changed while it was being hashed.
-            OSError: if it cannot be read.
+            FileChangedError: if the file changed while it was being copied.
+            InvalidInputError: if ``src`` is a symlink or not a regular file.
+            OSError: if it cannot be read or the copy cannot be written.
         """
-        st = src.stat()
-        if known is not None and is_digest(known):
+        try:
+            # O_NONBLOCK: opening a FIFO must not wait for a writer (fstat refuses it next).
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            if os.path.islink(src):
+                raise InvalidInputError(
+                    f"{src} is a symlink; copy the data into the specimen") from None
+            raise exc
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                raise InvalidInputError(
+                    f"{src} is not a regular file; only regular files are sealed")
+            tmp = temp_path(self.store.tmp_dir, "c")
             try:
-                ost = self.store.path(known).stat()
-                if (ost.st_ino, ost.st_dev) == (st.st_ino, st.st_dev):
-                    return known, st.st_size
+                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                              _OBJECT_MODE)
             except FileNotFoundError:
-                pass
-        digest, size = hash_file(src)
-        st2 = src.stat()
-        if (st2.st_size, st2.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or size != st.st_size:
-            raise IntegrityError(
-                f"{src} changed while it was being committed; wait for whatever writes it "
-                "to finish and commit again"
+                self.store.tmp_dir.mkdir(parents=True, exist_ok=True)
+                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                              _OBJECT_MODE)
+            try:
+                digest, size = _copy_hashing(fd, out, before.st_size)
+            except BaseException:
+                os.close(out)
+                tmp.unlink(missing_ok=True)
+                raise
+            os.close(out)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        try:
+            now = os.stat(src, follow_symlinks=False)
+        except FileNotFoundError:
+            now = None
+        if (size != before.st_size or _identity(after) != _identity(before)
+                or now is None or (now.st_ino, now.st_dev) != (before.st_ino, before.st_dev)):
+            tmp.unlink(missing_ok=True)
+            raise FileChangedError(
+                f"{src} changed while it was being committed; nothing was sealed. Wait for "
+                "whatever writes it to finish (or stop it), then commit again"
             )
         if self._stage(digest):
-            self._link[digest] = (src, False)
+            self._link[digest] = tmp
+        else:
+            tmp.unlink()
         return digest, size
 
     def _stage(self, digest: Digest) -> bool:
@@ -257,7 +348,7 @@ class ObjectBatch:
         """
         digest = hash_bytes(data)
         if self._stage(digest):
-            self._link[digest] = (write_temp(self.store.tmp_dir, data, _OBJECT_MODE), True)
+            self._link[digest] = write_temp(self.store.tmp_dir, data, _OBJECT_MODE)
         return digest
 
     def add_move(self, tmp: Path, dest: Path) -> None:
@@ -285,23 +376,13 @@ class ObjectBatch:
             raise RuntimeError("ObjectBatch.publish() was called twice")
         self._published = True
         try:
-            fsync_many([*(src for src, _ in self._link.values()), *(tmp for tmp, _ in self._moves)])
+            fsync_many([*self._link.values(), *(tmp for tmp, _ in self._moves)])
             for tmp, dest in self._moves:
                 link_if_absent(tmp, dest, sync_dir=False)
-            for digest, (src, is_temp) in self._link.items():
+            for digest, src in self._link.items():
                 dest = self.store.path(digest)
-                try:
-                    created = link_if_absent(src, dest, sync_dir=False)
-                except OSError:
-                    if is_temp:
-                        raise
-                    # A cross-device working directory: one copy (no link possible).
-                    self.store.put_bytes(src.read_bytes(), expected=digest, sync_dir=False)
-                    continue
-                if not created:
+                if not link_if_absent(src, dest, sync_dir=False):
                     ObjectStore._touch(dest)
-                elif not is_temp:
-                    os.chmod(dest, _OBJECT_MODE)
             for digest in self._existing:
                 ObjectStore._touch(self.store.path(digest))
             # Existing objects are named here too: the process that linked them may have
@@ -313,8 +394,44 @@ class ObjectBatch:
                                             *(dest.parent for _, dest in self._moves)]):
                 fsync_dir(directory)
         finally:
-            for src, is_temp in self._link.values():
-                if is_temp:
-                    src.unlink(missing_ok=True)
-            for tmp, _ in self._moves:
-                tmp.unlink(missing_ok=True)
+            self._discard()
+
+    def abort(self) -> None:
+        """Drop a batch that will not be published: its temp files are removed, nothing named."""
+        self._published = True
+        self._discard()
+
+    def _discard(self) -> None:
+        # After publish the temp names go (each object keeps its one name in objects/).
+        for src in self._link.values():
+            src.unlink(missing_ok=True)
+        for tmp, _ in self._moves:
+            tmp.unlink(missing_ok=True)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What changes when a file is written, truncated, or has its inode swapped."""
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _copy_hashing(src: int, dst: int, expected: int) -> tuple[Digest, int]:
+    """Copy ``src`` to ``dst`` (file descriptors) from the start, hashing what is copied.
+
+    Returns:
+        ``(digest, bytes copied)``.
+    """
+    hasher = Hasher()
+    buf = bytearray(min(COPY_BLOCK, max(expected, 1 << 16)))
+    view = memoryview(buf)
+    offset = 0
+    while True:
+        n = os.preadv(src, [view], offset)
+        if not n:
+            break
+        chunk = view[:n]
+        hasher.update(chunk)
+        while chunk:
+            w = os.write(dst, chunk)
+            chunk = chunk[w:]
+        offset += n
+    return hasher.hexdigest(), offset

@@ -8,12 +8,13 @@ Specimens come from explicit ids and/or ``--where``, a SQL condition over the ca
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidInputError, NotFoundError
+from .errors import ChecksumMismatch, IntegrityError, InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
     from .vault import Vault
@@ -58,13 +59,41 @@ def select_where(vault: Vault, where: str) -> list[str]:
 
 
 def _series(vault: Vault, specimen_id: str, metric: str) -> tuple[Any, Any, str]:
-    """Return x values, y values and the x label for one specimen, or raise why not."""
+    """Return x values, y values and the x label for one specimen, or raise why not.
+
+    Raises:
+        NotFoundError: the specimen is not committed or lacks the file or the metric.
+        InvalidInputError: the metric is not numeric, or the sealed file is not Parquet.
+        IntegrityError: the file's object is missing or its bytes were altered.
+    """
     import polars as pl
 
     spec = vault.specimen(specimen_id)
     if _METRICS_FILE not in spec.files:
         raise NotFoundError(f"specimen {specimen_id} has no {_METRICS_FILE}")
-    df = pl.read_parquet(spec.object_path(_METRICS_FILE))
+    digest = spec.files[_METRICS_FILE].digest
+    # Read verified bytes: a plot of altered numbers would look like a result.
+    try:
+        data = spec.read_bytes(_METRICS_FILE)
+    except ChecksumMismatch as exc:
+        raise IntegrityError(
+            f"{_METRICS_FILE} of specimen {specimen_id} is damaged: its object {digest} was "
+            f"altered (its bytes hash to {exc.got}); nothing was plotted. Run `vault verify "
+            f"{specimen_id}` to see everything affected and how to repair it"
+        ) from None
+    except NotFoundError:
+        raise IntegrityError(
+            f"{_METRICS_FILE} of specimen {specimen_id} is damaged: its object {digest} is "
+            f"missing from objects/; nothing was plotted. Run `vault verify {specimen_id}` to "
+            "see everything affected and how to repair it"
+        ) from None
+    try:
+        df = pl.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # polars raises its own errors (ComputeError, ...) for non-Parquet
+        raise InvalidInputError(
+            f"{_METRICS_FILE} of specimen {specimen_id} was sealed as it is but is not readable "
+            f"Parquet ({type(exc).__name__}: {exc}); it cannot be plotted"
+        ) from None
     if metric not in df.columns:
         cols = ", ".join(c for c in df.columns if c != "step") or "none"
         raise NotFoundError(f"specimen {specimen_id} has no metric {metric!r} (it has: {cols})")
@@ -101,6 +130,8 @@ def plot_metric(
     Raises:
         InvalidInputError: no specimens given, nothing to draw, or a bad output path.
         NotFoundError: an explicit specimen is not committed or lacks the metric.
+        IntegrityError: a metrics file to draw (explicit or matched) is damaged; nothing is
+            written.
     """
     if not isinstance(metric, str) or not metric:
         raise InvalidInputError("name the metric to plot, e.g. `vault plot loss ID...`")
@@ -152,8 +183,6 @@ def _draw(metric: str, series: list[tuple[str, Any, Any, str]], out: Path, log_y
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     write_replace(out.resolve(), buf.getbuffer())

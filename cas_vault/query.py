@@ -10,22 +10,30 @@ Each search brings the catalog up to date first (incrementally), opens ``vault.d
 read-only, creates the ``exp_<specimen_id>`` views the SQL names as temporary views over the
 Parquet objects at the vault's current location (so a moved vault still answers), runs exactly
 one SELECT and closes the file again, so commits in other processes are never kept waiting.
+
+The connection is a sandbox (:func:`cas_vault.catalog.connect_read_only`): SQL reads the catalog
+and the vault's own objects, never another file, the network or an extension. The SELECT runs
+in a worker thread while the calling thread waits, so that a timeout or Ctrl-C can cancel it
+(``conn.interrupt()``) wherever DuckDB is.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .catalog import IndexResult, connect_read_only, index, release_writer, stale_reason
-from .errors import InvalidInputError, LockTimeoutError, NotFoundError, VaultError
+from .errors import InvalidInputError, LockTimeoutError, NotFoundError, QueryTimeoutError, VaultError
 
 if TYPE_CHECKING:
     import duckdb
     import polars as pl
+    import pyarrow as pa
 
     from .vault import Vault
 
@@ -68,18 +76,30 @@ class VaultQuery:
         return f"VaultQuery({str(self.vault.root)!r})"
 
     # -- public API ----------------------------------------------------------------------
-    def search(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
+    def search(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None, *,
+        timeout: float | None = None,
+    ) -> pl.DataFrame:
         """Run one read-only SELECT and return its result.
+
+        The query reads the catalog and the vault's own objects only (no other file, no network,
+        no extension). Ctrl-C while it runs cancels it: the catalog is closed and
+        :class:`KeyboardInterrupt` is raised once DuckDB has stopped.
 
         Args:
             sql: one SQL SELECT (also ``WITH``, ``FROM``, ``DESCRIBE``, ``SHOW``, ``SUMMARIZE``).
             params: values for ``?`` / ``$1`` placeholders (a sequence) or ``$name`` (a mapping).
+            timeout: cancel the query if it runs longer than this many seconds (None: no limit).
+                Unlike the constructor's ``timeout`` (the wait for other processes' writes), this
+                limits the query itself.
 
         Returns:
             A polars DataFrame, typed from the query even when it has no rows.
 
         Raises:
-            InvalidInputError: for SQL that does not parse or bind, or that is not one SELECT.
+            InvalidInputError: for SQL that does not parse or bind, that is not one SELECT, or
+                that reaches outside the vault; for a ``timeout`` that is not a positive number.
+            QueryTimeoutError: if the query ran longer than ``timeout``; it was cancelled.
             NotFoundError: if the vault has no catalog and it cannot be built.
             LockTimeoutError: if another process kept the catalog open for writing too long.
         """
@@ -87,6 +107,9 @@ class VaultQuery:
 
         if not isinstance(sql, str) or not sql.strip():
             raise InvalidInputError("the query is empty; pass one SQL SELECT statement")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout > 0):
+            raise InvalidInputError(f"timeout must be a positive number of seconds, not {timeout!r}")
         import duckdb
 
         conn = self._connect()
@@ -94,9 +117,9 @@ class VaultQuery:
             _check_read_only(conn, sql)
             try:
                 self._create_views(conn, sql)
-                table = conn.sql(sql, params=_params(params)).to_arrow_table()
             except duckdb.Error as exc:
-                raise InvalidInputError(f"the query failed: {_first_lines(exc)}") from None
+                raise _query_failed(exc) from None
+            table = _run_cancellable(conn, sql, _params(params), timeout)
         finally:
             conn.close()
         out = pl.from_arrow(table)
@@ -261,6 +284,82 @@ def _check_read_only(conn: duckdb.DuckDBPyConnection, sql: str) -> None:
             f"queries are read-only: only SELECT statements run, not {kind.name}; to save a "
             "result use `vault query SQL --format parquet --output FILE`"
         )
+
+
+def _run_cancellable(
+    conn: duckdb.DuckDBPyConnection, sql: str, params: Any, timeout: float | None,
+) -> pa.Table:
+    """Run ``sql`` on ``conn`` in a worker thread; cancel it on timeout or KeyboardInterrupt.
+
+    The calling thread only waits, so Ctrl-C reaches it (Python runs signal handlers in the main
+    thread, which DuckDB would otherwise hold inside C++ until the query ends) and it can call
+    ``conn.interrupt()``. The connection is not used by this thread until the worker is done.
+
+    Raises:
+        QueryTimeoutError: if ``timeout`` passed; the query was cancelled.
+        KeyboardInterrupt: if the wait was interrupted; the query was cancelled.
+        InvalidInputError: if the query failed.
+    """
+    import duckdb
+
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome["table"] = conn.sql(sql, params=params).to_arrow_table()
+        except BaseException as exc:  # handed to the waiting thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    cancelled: str | None = None
+    threading.Thread(target=work, name="vault-query", daemon=True).start()
+    try:
+        while not done.is_set():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                cancelled = "timeout"
+                break
+            done.wait(0.5 if left is None else min(left, 0.5))
+    except KeyboardInterrupt:
+        cancelled = "interrupt"
+    if cancelled is not None:
+        _cancel(conn, done)
+        if cancelled == "interrupt":
+            raise KeyboardInterrupt
+        if "table" not in outcome:  # it may have finished as the deadline passed: keep that
+            assert timeout is not None
+            raise QueryTimeoutError(timeout)
+    if "table" in outcome:
+        return outcome["table"]
+    exc = outcome["error"]
+    if isinstance(exc, duckdb.Error):
+        raise _query_failed(exc) from None
+    raise exc
+
+
+def _cancel(conn: duckdb.DuckDBPyConnection, done: threading.Event) -> None:
+    """Interrupt the query running on ``conn`` until its worker has finished."""
+    while not done.is_set():
+        try:
+            # Repeated: an interrupt that arrives before DuckDB starts the query is forgotten.
+            conn.interrupt()
+            done.wait(0.05)
+        except KeyboardInterrupt:  # already cancelling; the connection must not be closed early
+            continue
+
+
+def _query_failed(exc: BaseException) -> InvalidInputError:
+    import duckdb
+
+    if isinstance(exc, duckdb.PermissionException):
+        return InvalidInputError(
+            f"the query was refused: {_first_lines(exc)}\nQueries read the catalog and the "
+            "vault's own objects only: no other file, no network, no extensions, no settings"
+        )
+    return InvalidInputError(f"the query failed: {_first_lines(exc)}")
 
 
 def _params(params: Sequence[Any] | Mapping[str, Any] | None) -> Any:

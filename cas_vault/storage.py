@@ -7,7 +7,9 @@
     storage.read_metrics(); storage.read_tensor_lazy("activations")
 
 Every write is atomic (temp file + rename), so a crash never leaves a half-written result.
-Writing to a specimen that is already committed is refused: committed specimens never change.
+In a vault, every write holds the working directory's writer lock, so a commit never seals a
+half-written result. Writing to a specimen that is already committed is refused: committed
+specimens never change.
 Constructing a SpecimenStorage creates nothing.
 """
 
@@ -15,13 +17,15 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import canonical
 from .atomic import write_replace
-from .errors import ImmutableError, InvalidInputError, NotFoundError
+from .errors import InvalidInputError, NotFoundError
+from .workdir import WorkingIndex, check_uncommitted, writing
 
 if TYPE_CHECKING:  # heavy imports stay lazy so `vault --help` is fast
     import numpy as np
@@ -74,17 +78,24 @@ class SpecimenStorage:
         return None
 
     def _check_writable(self) -> None:
-        root = self.vault_root()
-        if root is not None and (root / "refs" / self.specimen_id).exists():
-            raise ImmutableError(
-                f"specimen {self.specimen_id} is committed and can no longer change; create a "
-                f"new specimen for new results (vault new NEW_ID --parent {self.specimen_id} ...)"
-            )
         if not self.path.is_dir():
             raise NotFoundError(
                 f"specimen directory {self.path} does not exist; create it with `vault new`"
             )
+        if self.vault_root() is not None:
+            check_uncommitted(self.path)
         self.strata.mkdir(exist_ok=True)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the working directory's writer lock (in a vault) and check it may change."""
+        if self.vault_root() is None or not self.path.is_dir():
+            self._check_writable()
+            yield
+            return
+        with writing(self.path):
+            self._check_writable()  # under the lock: no commit can start before we are done
+            yield
 
     # -- metrics -----------------------------------------------------------------------------
     def write_metrics(
@@ -111,10 +122,11 @@ class SpecimenStorage:
         # file, so identical tables give identical bytes (and one object).
         df.write_parquet(buf, compression="zstd", statistics=True)
         path = self.strata / f"{name}.parquet"
-        # Atomic (bytes fsynced, then renamed) but the directory is not fsynced: nothing durable
-        # depends on a working file's name until a commit links it into objects/ and fsyncs
-        # that. A crash before then leaves the old file or the new one.
-        write_replace(path, buf.getbuffer(), sync_dir=False)
+        with self._writing():
+            # Atomic (bytes fsynced, then renamed) but the directory is not fsynced: nothing
+            # durable depends on a working file's name until a commit copies it into objects/.
+            # A crash before then leaves the old file or the new one.
+            write_replace(path, buf.getbuffer(), sync_dir=False)
         return path
 
     def read_metrics(self, name: str = "metrics") -> pl.DataFrame:
@@ -142,9 +154,9 @@ class SpecimenStorage:
         if not isinstance(config, Mapping):
             raise InvalidInputError(f"config must be a dict, not {type(config).__name__}")
         data = canonical.packb(dict(config))
-        self._check_writable()
         path = self.strata / f"{name}.msgpack"
-        write_replace(path, data, sync_dir=False)  # as in write_metrics
+        with self._writing():
+            write_replace(path, data, sync_dir=False)  # as in write_metrics
         return path
 
     def read_config(self, name: str = "config") -> dict[str, Any]:
@@ -167,9 +179,10 @@ class SpecimenStorage:
     ) -> Path:
         """Write ``array`` as the Zarr v3 array ``strata/<name>.zarr``, replacing any previous one.
 
-        In a vault every chunk goes straight into ``objects/`` as it is encoded (the working
-        directory gets hard links), so committing never reads or copies tensor bytes again,
-        and chunks equal to ones already stored take no new space (docs/tensors.md).
+        In a vault every chunk goes straight into ``objects/`` as it is encoded and the working
+        index lists it (the working directory holds no copy), so committing never reads or
+        copies tensor bytes again, and chunks equal to ones already stored take no new space
+        (docs/tensors.md). Read it back with :meth:`read_tensor_lazy`.
 
         Args:
             name: the tensor's name.
@@ -259,11 +272,15 @@ class SpecimenStorage:
         return open_working_tensor(self.path, name, objects)
 
     def list_tensors(self) -> list[str]:
-        """Names of the tensors written so far."""
-        if not self.strata.is_dir():
-            return []
-        return sorted(p.name[:-5] for p in self.strata.glob("*.zarr")
-                      if (p / "zarr.json").is_file() or (p / ".zarray").is_file())
+        """Names of the tensors written so far (in the working index or as Zarr directories)."""
+        from .tensors import list_tree_tensors
+
+        names = set(list_tree_tensors(WorkingIndex(self.path).load())) \
+            if self.vault_root() is not None else set()
+        if self.strata.is_dir():
+            names.update(p.name[:-5] for p in self.strata.glob("*.zarr")
+                         if (p / "zarr.json").is_file() or (p / ".zarray").is_file())
+        return sorted(names)
 
 
 def to_frame(metrics: Any) -> pl.DataFrame:

@@ -2,10 +2,11 @@
 
 A tensor ``name`` of a specimen is the Zarr v3 array ``strata/<name>.zarr``: the metadata
 document ``zarr.json`` and one file per chunk under ``c/`` (default chunk key encoding, "/").
-In a vault every one of those files is an object of ``objects/``: chunks are encoded, hashed and
-stored the moment zarr produces them (see :class:`~cas_vault.zarrstore.ObjectWriteStore`), the
-working directory and the object store share one inode per chunk, and the working index records
-its digest, so ``vault commit`` neither reads nor copies tensor bytes again. Uncompressed
+In a vault every one of those files is an object of ``objects/`` and nothing else: chunks are
+encoded, hashed and stored the moment zarr produces them (see
+:class:`~cas_vault.zarrstore.ObjectWriteStore`), and the working index records each file's digest,
+so ``vault commit`` neither reads nor copies tensor bytes again, and no working path leads to a
+chunk's inode (the working directory holds no copy of the array; readers go through the index). Uncompressed
 chunks, whose encoding is their raw bytes, skip zarr's pipeline and go to the store straight
 from the source array. Outside a vault (a bare directory) the same layout is written as a
 plain Zarr directory.
@@ -31,10 +32,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import FileLock, fsync_dir
+from .atomic import FileLock, fsync_dir, temp_path
 from .digest import Digest
 from .errors import InvalidInputError, NotFoundError
-from .workdir import PRIVATE_DIR, WorkingIndex
+from .workdir import PRIVATE_DIR, WorkingIndex, check_uncommitted, writing
 
 if TYPE_CHECKING:
     import numpy as np
@@ -308,23 +309,25 @@ def open_working_tensor(specimen_dir: Path, name: str, objects: ObjectStore | No
     from zarr.storage import LocalStore
 
     path = specimen_dir / tensor_prefix(name)
-    meta = path / "zarr.json"
-    if not any((path / m).is_file() for m in ARRAY_METADATA):
-        raise NotFoundError(f"tensor {name!r} not found at {path}; write it with write_tensors()")
+    on_disk = any((path / m).is_file() for m in ARRAY_METADATA)
     if objects is not None:
         index = WorkingIndex(specimen_dir).load()
-        digest = index.get(f"{tensor_prefix(name)}/zarr.json")
-        if digest is not None and _same_file(meta, objects.path(digest)):
+        if f"{tensor_prefix(name)}/zarr.json" in index:
+            if os.path.lexists(path):
+                raise InvalidInputError(index_conflict(specimen_dir, tensor_prefix(name)))
             return open_tree_tensor(objects, index, name, where=f"working specimen {specimen_dir.name}")
+    if not on_disk:
+        raise NotFoundError(f"tensor {name!r} not found at {path}; write it with write_tensors()")
     return zarr.open_array(store=LocalStore(path, read_only=True), mode="r")
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        sa, sb = a.stat(), b.stat()
-    except FileNotFoundError:
-        return False
-    return (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)
+def index_conflict(specimen_dir: Path, prefix: str) -> str:
+    """The message for a tensor that is both in the working index and on disk."""
+    return (
+        f"{specimen_dir / prefix} exists as files in the working directory, but "
+        f"{prefix} was also written by write_tensors (it lives in objects/ and the working "
+        "index); remove the directory, or write it again with write_tensors"
+    )
 
 
 # -- writing: targets ------------------------------------------------------------------------
@@ -398,10 +401,11 @@ class _DirTarget(_Target):
 
 
 class _VaultTarget(_Target):
-    """Chunks straight into ``objects/``; hard links + working index in the working directory.
+    """Chunks straight into ``objects/``, listed in the working index; no working copy.
 
     Holds ``locks/gc.lock`` shared from the first object put until the working index lists
-    every new object, so a concurrent ``vault gc`` never prunes them.
+    every new object, so a concurrent ``vault gc`` never prunes them, and the working
+    directory's lock shared for the whole write, so a commit never seals half a tensor.
     """
 
     def __init__(self, specimen_dir: Path, name: str, vault_root: Path) -> None:
@@ -409,14 +413,17 @@ class _VaultTarget(_Target):
         from .vault import Vault
 
         self.vault = Vault(vault_root)
+        # The staging tree lives in the vault's private tmp/: only the object names outlast it.
+        self.staging = temp_path(self.vault.objects.tmp_dir, "tensor")
         self._locks = ExitStack()
 
     def open(self) -> Any:
         from .zarrstore import ObjectWriteStore
 
-        self.strata.mkdir(parents=True, exist_ok=True)
-        self._locks.enter_context(FileLock(self.vault.gc_lock_path, shared=True))
+        self._locks.enter_context(writing(self.specimen_dir))
         try:
+            check_uncommitted(self.specimen_dir)
+            self._locks.enter_context(FileLock(self.vault.gc_lock_path, shared=True))
             self.store = ObjectWriteStore(self.vault.objects, self.staging)
         except BaseException:
             self._locks.close()
@@ -424,16 +431,20 @@ class _VaultTarget(_Target):
         return self.store
 
     def finish(self) -> None:
+        old = None
         try:
             entries = self.store.finish()
             prefix = tensor_prefix(self.name)
             private = self.specimen_dir / PRIVATE_DIR
             private.mkdir(exist_ok=True)
             # The index is rewritten whole; the lock keeps tensors written at once (threads or
-            # processes) from losing each other's entries, and the directory and its index
-            # entries from being swapped by two writers in different orders.
+            # processes) from losing each other's entries.
             with FileLock(private / "index.lock"):
-                old = self._swap()
+                # A plain Zarr directory of the same name (written by other means) is replaced
+                # by the new array, as writing a file replaces it.
+                if os.path.lexists(self.dest):
+                    old = self.strata / f".{self.name}.zarr.{uuid.uuid4().hex}.old.tmp"
+                    os.rename(self.dest, old)
                 WorkingIndex(self.specimen_dir).update(
                     {f"{prefix}/{k}": d for k, d in entries.items()}, remove_prefix=prefix,
                 )

@@ -20,11 +20,11 @@ import getpass
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import canonical, taxonomy
 from .atomic import FileLock, fsync_dir, fsync_many, write_durable, write_replace
@@ -34,6 +34,7 @@ from .errors import (
     AlreadyExistsError,
     ChecksumMismatch,
     ImmutableError,
+    IntegrityError,
     InvalidInputError,
     NotFoundError,
 )
@@ -41,7 +42,18 @@ from .ids import validate_id
 from .objects import ObjectStore
 from .refs import RefStore
 from .storage import VAULT_MARKER, SpecimenStorage, check_name
-from .workdir import MANIFEST_NAME, WorkingIndex, iter_files, read_manifest
+from .workdir import (
+    COMMIT_LOCK_TIMEOUT,
+    MANIFEST_NAME,
+    WorkingIndex,
+    iter_files,
+    read_manifest,
+    sealing,
+)
+
+if TYPE_CHECKING:
+    from .refs import JournalEntry
+    from .verify import Finding
 
 __all__ = ["LogEntry", "ShowInfo", "Vault", "VAULT_ENV"]
 
@@ -368,11 +380,16 @@ class Vault:
         author: str | None = None,
         extra_metadata: dict[str, Any] | None = None,
         partial: bool = False,
+        lock_timeout: float = COMMIT_LOCK_TIMEOUT,
     ) -> Commit:
         """Seal ``specimens/<id>/`` as an immutable commit and create its ref.
 
-        Files are hard-linked into ``objects/`` (never copied); objects are durable before the
-        commit object, the commit before the ref, the ref before its journal line.
+        Working files are copied into ``objects/`` (hashed from the same open file as they are
+        copied, so the sealed bytes are exactly the hashed ones, and later writes to a working
+        file never reach them); tensor chunks listed in the working index are objects already.
+        Objects are durable before the commit object, the commit before the ref, the ref
+        before its journal line. The working directory's lock is held throughout, so writers
+        using cas-vault's API are never sealed half-way.
 
         Args:
             specimen_id: the working directory to seal.
@@ -383,6 +400,7 @@ class Vault:
             partial: seal a specimen whose run crashed: assemble its unfinished step-wise
                 logs into ``strata/`` and set ``metadata.partial = true``. Without it, a
                 specimen with an unfinished log is refused (docs/runs.md).
+            lock_timeout: seconds to wait for writers of the working directory to finish.
 
         Returns:
             The commit (``commit.digest`` is its id).
@@ -391,12 +409,13 @@ class Vault:
             ImmutableError: if the specimen is committed already (names the commit).
             NotFoundError: if the working directory, manifest or a parent is missing.
             InvalidInputError: for a corrupt manifest, bad taxonomy, symlinks, bad message.
+            FileChangedError: a working file changed while it was copied (nothing sealed).
+            LockTimeoutError: a writer kept the working directory for too long.
         """
         validate_id(specimen_id)
-        self.check_uncommitted(
-            specimen_id,
-            f"committed specimens never change: create a new one with `vault new NEW_ID --parent {specimen_id}`",
-        )
+        advice = (f"committed specimens never change: create a new one with "
+                  f"`vault new NEW_ID --parent {specimen_id}`")
+        self.check_uncommitted(specimen_id, advice)
         if not isinstance(message, str):
             raise InvalidInputError("commit message must be a string")
         wd = self.specimen_dir(specimen_id)
@@ -405,6 +424,29 @@ class Vault:
                 f"specimen {specimen_id} has no working directory at {wd}; "
                 f"create it with `vault new {specimen_id} --domain D --method M`"
             )
+        # Writers that play by the rules (SpecimenStorage, tensor writers, the step logger,
+        # notes) hold this lock shared while they write: none is half-way through a file now,
+        # and none starts before the ref exists (they check for it under the lock).
+        with sealing(wd, timeout=lock_timeout):
+            self.check_uncommitted(specimen_id, advice)
+            digest, commit, shared = self._seal(
+                specimen_id, wd, message=message, parents=parents, author=author,
+                extra_metadata=extra_metadata, partial=partial)
+        _unshare(wd, shared)
+        self._after_commit(specimen_id, digest, commit)
+        return commit
+
+    def _seal(
+        self, specimen_id: str, wd: Path, *, message: str, parents: Sequence[str],
+        author: str | None, extra_metadata: dict[str, Any] | None, partial: bool,
+    ) -> tuple[Digest, Commit, list[str]]:
+        """Copy the working directory into objects, write the commit object and its ref.
+
+        The caller holds the working directory's lock exclusively.
+
+        Returns:
+            ``(commit digest, commit, working paths that were hard links to objects)``.
+        """
         raw = read_manifest(wd)
         manifest = _manifest_from_working(raw, wd)
         canonical.packb(manifest.to_map())  # unstorable metadata fails before any object is written
@@ -418,31 +460,48 @@ class Vault:
             manifest = Manifest(manifest.domain, manifest.method, manifest.model, manifest.tags, merged)
         parent_digests = self._resolve_parents([*raw.get("parents", []), *parents])
         files = list(iter_files(wd))
-        known = WorkingIndex(wd).load()
-        _check_tensors_complete(files, known)
+        indexed = WorkingIndex(wd).load(strict=True)
+        files, shared = _split_working_files(wd, files, indexed, self.objects)
         # Writers hold the gc lock shared, so `vault gc --grace 0` never prunes objects that a
         # commit has written but not yet referenced.
         with FileLock(self.gc_lock_path, shared=True):
-            # One batch for the files and the commit object: everything is hashed first, then
-            # made durable in two concurrent fsync rounds (bytes, then names), all before the
-            # ref can point at them. Files the working index vouches for (tensor chunks) are
-            # objects already, made durable when they were written.
+            # One batch for the files and the commit object: every working file is copied to a
+            # temp file while it is hashed, then all are made durable in two concurrent fsync
+            # rounds (bytes, then names), before the ref can point at them. Files the working
+            # index lists (tensor chunks) are objects already, made durable when written.
             batch = self.objects.batch()
-            tree: dict[str, TreeEntry] = {}
-            for rel in files:
-                digest, size = batch.add_file(wd / rel, known.get(rel))
-                tree[rel] = TreeEntry(digest, size, kind_of(rel))
-            commit = Commit(
-                specimen_id=specimen_id, created=utc_now(),
-                author=author or os.environ.get(AUTHOR_ENV) or _login_name(),
-                message=message, manifest=manifest, parents=tuple(parent_digests), tree=tree,
-            )
-            digest = batch.add_bytes(commit.to_bytes())
-            batch.add_move(*self.refs.intent_temp(specimen_id, digest))
+            try:
+                tree: dict[str, TreeEntry] = {}
+                for rel in files:
+                    digest, size = batch.add_file(wd / rel)
+                    tree[rel] = TreeEntry(digest, size, kind_of(rel))
+                for rel, digest in indexed.items():
+                    tree[rel] = TreeEntry(digest, self._indexed_size(specimen_id, rel, digest),
+                                          kind_of(rel))
+                tree = dict(sorted(tree.items()))
+                commit = Commit(
+                    specimen_id=specimen_id, created=utc_now(),
+                    author=author or os.environ.get(AUTHOR_ENV) or _login_name(),
+                    message=message, manifest=manifest, parents=tuple(parent_digests), tree=tree,
+                )
+                digest = batch.add_bytes(commit.to_bytes())
+                batch.add_move(*self.refs.intent_temp(specimen_id, digest))
+            except BaseException:
+                batch.abort()
+                raise
             batch.publish()
             self.refs.create(specimen_id, digest, commit.created)
-        self._after_commit(specimen_id, digest, commit)
-        return commit
+        return digest, commit, shared
+
+    def _indexed_size(self, specimen_id: str, rel: str, digest: Digest) -> int:
+        try:
+            return self.objects.size(digest)
+        except NotFoundError:
+            raise IntegrityError(
+                f"{rel} of specimen {specimen_id} was written into objects/ as {digest}, which "
+                "is missing now; write that tensor again (SpecimenStorage.write_tensors), then "
+                "commit"
+            ) from None
 
     def _after_commit(self, specimen_id: str, digest: Digest, commit: Commit) -> None:
         """Hook run after a ref exists: update the catalog; must never raise."""
@@ -548,39 +607,76 @@ class Vault:
         """Return the commit of a committed specimen."""
         return self.read_commit(self.resolve(specimen_id))
 
-    def log(self, specimen_id: str | None = None) -> list[LogEntry]:
+    def log(
+        self, specimen_id: str | None = None, *,
+        on_damage: Callable[[Finding], None] | None = None,
+    ) -> list[LogEntry]:
         """List commits, newest first.
+
+        One damaged commit must not hide the others. With ``on_damage``, every commit that
+        cannot be read (missing, altered or undecodable) is passed to it as a
+        :class:`~cas_vault.verify.Finding` (the kind ``vault verify`` reports, the specimen, the
+        commit digest and a message saying what is wrong) and left out of the list; so are, for
+        the whole-vault log, refs that do not hold a digest and journal lines whose ref is gone.
 
         Args:
             specimen_id: if given, that specimen and all its ancestors (its lineage).
+            on_damage: called with each damaged entry; without it the first damaged commit
+                raises.
 
         Returns:
-            The entries.
+            The readable entries.
 
         Raises:
             NotFoundError: if ``specimen_id`` is not committed.
+            IntegrityError: if the ref of ``specimen_id`` is corrupt or was deleted (the
+                message gives the repair), or, without ``on_damage``, at the first commit that
+                cannot be read.
         """
+
+        def damaged(finding: Finding) -> None:
+            if on_damage is None:
+                raise IntegrityError(finding.message)
+            on_damage(finding)
+
+        journal = self._journal_entries()
         seqs: dict[str, int] = {}
-        for e in self.refs.entries():
+        for e in journal:
             seqs.setdefault(e.specimen_id, e.seq)
-        refs = self.refs.all()
+        wanted: list[tuple[str, Digest, Commit]] = []
         if specimen_id is None:
-            wanted = list(refs.items())
+            refs = self.refs.all()
+            if on_damage is not None:
+                names = set(self.refs.names())
+                for name in sorted(names - set(refs)):
+                    on_damage(self._bad_ref_finding(name))
+                for e in journal:
+                    if e.specimen_id not in names:
+                        on_damage(self._missing_ref_finding(e))
+            for sid, d in refs.items():
+                c = self._read_logged(d, sid)
+                if isinstance(c, Commit):
+                    wanted.append((sid, d, c))
+                else:
+                    damaged(c)
         else:
-            start = self.resolve(specimen_id)
-            wanted, seen, stack = [], set(), [start]
+            by_digest = {d: sid for sid, d in self.refs.all().items()}
+            start = self._resolve_logged(specimen_id)
+            seen: set[Digest] = set()
+            stack: list[tuple[Digest, str | None]] = [(start, None)]
             while stack:
-                d = stack.pop()
+                d, child = stack.pop()
                 if d in seen:
                     continue
                 seen.add(d)
-                c = self.read_commit(d)
-                wanted.append((c.specimen_id, d))
-                stack.extend(c.parents)
-        entries = []
-        for sid, d in wanted:
-            c = self.read_commit(d)
-            entries.append(LogEntry(seqs.get(sid, len(seqs)), sid, d, c))
+                owner = specimen_id if child is None else by_digest.get(d)
+                c = self._read_logged(d, owner, child)
+                if not isinstance(c, Commit):
+                    damaged(c)
+                    continue
+                wanted.append((c.specimen_id, d, c))
+                stack.extend((p, c.specimen_id) for p in c.parents)
+        entries = [LogEntry(seqs.get(sid, len(seqs)), sid, d, c) for sid, d, c in wanted]
         entries.sort(key=lambda e: (e.commit.created, e.seq), reverse=True)
         return entries
 
@@ -589,12 +685,16 @@ class Vault:
 
         Raises:
             NotFoundError: if it is not committed.
+            IntegrityError: if its ref is corrupt or was deleted, or its commit cannot be read
+                (the message says what is wrong and what to do).
         """
-        digest = self.resolve(specimen_id)
-        commit = self.read_commit(digest)
+        digest = self._resolve_logged(specimen_id)
+        commit = self._read_logged(digest, specimen_id)
+        if not isinstance(commit, Commit):
+            raise IntegrityError(commit.message)
         by_digest = {d: sid for sid, d in self.refs.all().items()}
         earlier: set[str] = set()
-        for e in self.refs.entries():
+        for e in self._journal_entries():
             if e.specimen_id == specimen_id:
                 break
             try:
@@ -607,6 +707,98 @@ class Vault:
             specimen_id, digest, commit, tuple(by_digest.get(p) for p in commit.parents),
             commit.logical_bytes, unique,
         )
+
+    def _journal_entries(self) -> list[JournalEntry]:
+        """The journal's decodable lines: a damaged line (verify reports it) hides no other."""
+        from .refs import JournalEntry
+
+        try:
+            data = self.refs.journal.read_bytes()
+        except FileNotFoundError:
+            return []
+        out = []
+        for i, line in enumerate(data.split(b"\n")[:-1], start=1):  # the last piece: "" or cut
+            try:
+                out.append(JournalEntry.decode(line, i))
+            except InvalidInputError:
+                continue
+        return out
+
+    def _resolve_logged(self, specimen_id: str) -> Digest:
+        """:meth:`resolve` for log and show: a deleted or corrupt ref is damage, with its repair.
+
+        A specimen whose ref was deleted still has its working directory, so :meth:`resolve`
+        would advise ``vault commit``: that would seal a second commit over the journaled one
+        and make the damage permanent.
+
+        Raises:
+            InvalidIdError: for a malformed id.
+            IntegrityError: if the ref is corrupt, or missing while the journal records it.
+            NotFoundError: if the specimen was never committed.
+        """
+        validate_id(specimen_id)
+        try:
+            d = self.refs.get(specimen_id)
+        except InvalidInputError:
+            raise IntegrityError(self._bad_ref_finding(specimen_id).message) from None
+        if d is not None:
+            return d
+        for e in self._journal_entries():
+            if e.specimen_id == specimen_id:
+                raise IntegrityError(self._missing_ref_finding(e).message)
+        return self.resolve(specimen_id)
+
+    def _read_logged(
+        self, digest: Digest, specimen_id: str | None, child: str | None = None,
+    ) -> Commit | Finding:
+        """Read a commit, or say as a verify finding why it cannot be read.
+
+        Args:
+            digest: the commit.
+            specimen_id: the specimen it seals, when a ref names it.
+            child: the specimen it was reached from as a parent (lineage walks).
+        """
+        from .verify import Finding
+
+        what = f"commit {digest} of {specimen_id}" if specimen_id else \
+            f"parent commit {digest} of {child}"
+        sid = specimen_id or child
+        rel = f"objects/{digest[:2]}/{digest}"
+        advice = f"run `vault verify {sid}` to see everything affected and how to repair it"
+        try:
+            return self.read_commit(digest)
+        except NotFoundError:
+            return Finding("missing_parent" if specimen_id is None else "missing_commit",
+                           f"{what} is missing from objects/; {advice}", specimen=sid,
+                           digest=digest, file=rel)
+        except ChecksumMismatch as exc:
+            return Finding("corrupt_object", f"{what} was altered (its bytes hash to {exc.got}); "
+                           f"{advice}", specimen=sid, digest=digest, file=rel)
+        except InvalidInputError as exc:
+            return Finding("bad_commit", f"{what} cannot be decoded ({exc}); {advice}",
+                           specimen=sid, digest=digest, file=rel)
+
+    def _bad_ref_finding(self, name: str) -> Finding:
+        from .verify import Finding
+
+        return Finding("bad_ref", f"ref {name} does not hold a commit digest (was it edited?); "
+                       "run `vault verify`: the journal records what it held", specimen=name,
+                       file=f"refs/{name}")
+
+    def _missing_ref_finding(self, entry: JournalEntry) -> Finding:
+        """The deleted ref of a journaled specimen, with the repair docs/integrity.md gives."""
+        import shlex
+
+        from .verify import Finding
+
+        sid, d = entry.specimen_id, entry.commit
+        ref = shlex.quote(str(self.refs.refs_dir / sid))
+        return Finding(
+            "missing_ref", f"refs/{sid} is missing, but journal line {entry.seq + 1} records "
+            f"{sid} as sealed with commit {d}: the ref was deleted. Do not commit {sid} again "
+            f"(that would replace the sealed commit). Restore the ref: printf '%s\\n' {d} > "
+            f"{ref} && chmod 0444 {ref}; then run `vault verify {sid}`",
+            specimen=sid, digest=d, file=f"refs/{sid}")
 
     def specimen(self, specimen_id: str) -> CommittedSpecimen:
         """Return a read-only view of a committed specimen's files."""
@@ -945,25 +1137,50 @@ class CommittedSpecimen:
                                 where=f"specimen {self.specimen_id}", verify=verify)
 
 
-def _check_tensors_complete(files: list[str], known: dict[str, Digest]) -> None:
-    """Refuse to seal a tensor whose chunk files were deleted from the working directory.
+def _split_working_files(
+    wd: Path, files: list[str], indexed: dict[str, Digest], objects: ObjectStore,
+) -> tuple[list[str], list[str]]:
+    """Sort working files into those to copy and those the working index already stores.
 
-    Zarr reads an absent chunk as fill values, so sealing such a tensor would silently turn
-    lost data into zeros.
+    Vaults written before working files and objects stopped sharing inodes hold tensor files
+    that are hard links to their objects; those are sealed from the index, and the caller
+    removes the links once the ref exists, so no working path leads to a sealed inode.
+
+    Returns:
+        ``(files to copy, working files that are hard links to their indexed objects)``.
 
     Raises:
-        InvalidInputError: naming the tensor and a missing chunk.
+        InvalidInputError: if a file that the working index stores exists as a separate file
+            in the working directory as well (written by other means: which one to seal?).
     """
-    present = set(files)
-    for rel in known:
-        if rel in present or ".zarr/" not in rel:
-            continue
-        array_dir = rel[: rel.index(".zarr/") + len(".zarr")]
-        if f"{array_dir}/zarr.json" in present:
-            raise InvalidInputError(
-                f"tensor {array_dir} is missing its chunk file {rel}, which was written earlier; "
-                "write the tensor again (SpecimenStorage.write_tensors) before committing"
-            )
+    from .tensors import index_conflict
+
+    prefixes = {p[: p.index(".zarr/") + 5] for p in indexed if ".zarr/" in p}
+    copy, shared = [], []
+    for rel in files:
+        digest = indexed.get(rel)
+        if digest is not None:
+            try:
+                st, ost = os.stat(wd / rel), objects.path(digest).stat()
+            except FileNotFoundError:
+                st = ost = None
+            if st is not None and ost is not None and (st.st_ino, st.st_dev) == (ost.st_ino, ost.st_dev):
+                shared.append(rel)
+                continue
+        under = next((p for p in prefixes if rel == p or rel.startswith(p + "/")), None)
+        if digest is not None or under is not None:
+            raise InvalidInputError(index_conflict(wd, under or rel))
+        copy.append(rel)
+    return copy, shared
+
+
+def _unshare(wd: Path, paths: list[str]) -> None:
+    """Remove working hard links to sealed objects (their bytes are read through the index)."""
+    for rel in paths:
+        try:
+            os.unlink(wd / rel)
+        except FileNotFoundError:
+            pass
 
 
 def _login_name() -> str:

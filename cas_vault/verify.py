@@ -61,6 +61,7 @@ __all__ = [
     "scan_objects",
     "verify",
     "walk_commits",
+    "walk_tree",
     "working_index_digests",
 ]
 
@@ -77,9 +78,7 @@ PROBLEM_KINDS = (
     "unjournaled_ref",   # a ref with no journal line and no intent file
     "missing_ref",       # a journal line whose ref file is gone
     "journal_broken",    # a journal line that is malformed, out of sequence or off the chain
-    "workdir_modified",  # a committed working file whose bytes differ from the commit
-    "workdir_missing",   # a committed working file that was deleted
-    "workdir_extra",     # a file added to a committed working directory after sealing
+    "shared_inode",      # an object whose inode has a second name: a write there changes it
     "stray_object",      # a file in objects/ whose name is not the digest of its bytes
     "catalog_stale",     # vault.duckdb lists specimens with another commit or without a ref
 )
@@ -91,8 +90,12 @@ INFO_KINDS = (
     "temp_file",                # a crash leftover (file or directory); gc removes it
     "uncommitted_workdir",      # a working directory that is not sealed yet
     "workdir_absent",           # a committed specimen whose working directory was removed
+    "workdir_modified",         # a committed working file differs from what was sealed
+    "workdir_missing",          # a committed working file was deleted
+    "workdir_extra",            # a file was added to a committed working directory
     "catalog_behind",           # committed specimens not indexed yet (`vault index` adds them)
     "catalog_unchecked",        # vault.duckdb was busy, so it was not compared with the refs
+    "catalog_problem",          # a metric column whose type does not fit: NULL in `metrics`
 )
 
 #: ``progress(advance_bytes, total_bytes)``: called (from hashing threads, one call at a time) as
@@ -358,7 +361,7 @@ def _temp_item(path: Path, is_dir: bool) -> TempItem | None:
         return None  # its writer finished (renamed or removed it) meanwhile
     size = st.st_size if not is_dir else 0
     if is_dir:
-        for dirpath, _, names in os.walk(path):
+        for dirpath, _, names in walk_tree(path):
             for n in names:
                 try:
                     size += os.lstat(os.path.join(dirpath, n)).st_size
@@ -430,9 +433,46 @@ def find_temp(root: Path) -> list[TempItem]:
     return items
 
 
+def walk_tree(top: str | os.PathLike[str]) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(top)`` with an explicit stack instead of recursion.
+
+    Before Python 3.12 ``os.walk`` recurses once per directory level, so one 1,000-deep folder
+    in a working directory made every verify and gc fail with RecursionError. Same contract:
+    top-down ``(dirpath, dirnames, filenames)``, pruned by editing ``dirnames`` in place,
+    symlinked directories listed in ``dirnames`` but not entered, unreadable directories
+    (removed meanwhile, no permission, a path too long for the OS) skipped.
+
+    Args:
+        top: the directory to walk.
+
+    Yields:
+        ``(dirpath, dirnames, filenames)`` for ``top`` and every directory below it.
+    """
+    stack = [os.fspath(top)]
+    while stack:
+        dirpath = stack.pop()
+        dirnames: list[str] = []
+        filenames: list[str] = []
+        try:
+            with os.scandir(dirpath) as it:
+                for entry in it:
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    (dirnames if is_dir else filenames).append(entry.name)
+        except OSError:
+            continue
+        yield dirpath, dirnames, filenames
+        for name in reversed(dirnames):
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                stack.append(path)
+
+
 def _find_temp_below(top: Path) -> list[TempItem]:
     items: list[TempItem] = []
-    for dirpath, dirnames, filenames in os.walk(top):
+    for dirpath, dirnames, filenames in walk_tree(top):
         keep = []
         for d in dirnames:
             if _is_temp_name(d):
@@ -553,7 +593,6 @@ class _Checker:
         self.info: list[Finding] = []
         self.bytes_hashed = 0
         #: (specimen, path, digest) of working files that are their object's inode.
-        self.linked: list[tuple[str, str, Digest]] = []
 
     def rel(self, path: Path) -> str:
         try:
@@ -722,6 +761,13 @@ class _Checker:
         self, sid: str, commit: Commit, state: dict[Digest, tuple[int, int] | None],
         hash_jobs: list[tuple[str, str, Digest, Path, int]],
     ) -> None:
+        """Compare a committed working directory with its commit (information, not damage).
+
+        Sealed bytes live in ``objects/`` alone, so a working copy that drifted after the
+        commit changes nothing sealed; it is reported so nobody mistakes it for the sealed
+        specimen. (A working file that is still the object's inode, from vaults written before
+        objects had inodes of their own, is reported by :meth:`report_shared`.)
+        """
         wd = self.vault.specimens_dir / sid
         if not wd.is_dir():
             self.info.append(Finding(
@@ -731,53 +777,44 @@ class _Checker:
             return
         files: set[str] = set()
         complete = True
+        restore = (f"the sealed copy in objects/ is intact (`vault checkout {sid} DEST` copies "
+                   "it out)")
         try:
             for rel in iter_files(wd):
                 files.add(rel)
         except InvalidInputError as exc:
             complete = False
-            self.problems.append(Finding(
+            self.info.append(Finding(
                 "workdir_extra", f"committed specimen {sid}: {exc}", specimen=sid,
                 file=f"specimens/{sid}"))
         indexed = WorkingIndex(wd).load()
         for rel, entry in commit.tree.items():
             where = f"specimens/{sid}/{rel}"
             if rel not in files:
-                # Files written straight into objects/ may exist only in the working index.
+                # Files written straight into objects/ exist only in the working index.
                 if complete and indexed.get(rel) != entry.digest:
-                    self.problems.append(Finding(
+                    self.info.append(Finding(
                         "workdir_missing", f"{where} was sealed in {sid} but was deleted from "
-                        "the working directory (the sealed copy is intact in objects/)",
-                        specimen=sid, digest=entry.digest, path=rel, file=where))
+                        f"the working directory; {restore}", specimen=sid, digest=entry.digest,
+                        path=rel, file=where))
                 continue
             try:
                 st = (wd / rel).stat()
             except FileNotFoundError:
                 continue
-            obj = state.get(entry.digest)
-            if obj is not None and obj == (st.st_ino, st.st_dev):
-                # It IS the object: it is intact exactly when the object hashes right.
-                self.linked.append((sid, rel, entry.digest))
-                continue
-            if not self._inode_is_object(entry.digest, st):
-                if st.st_size != entry.size:
-                    self.problems.append(Finding(
-                        "workdir_modified", f"{where} was changed after {sid} was sealed "
-                        f"({st.st_size} bytes, sealed {entry.size}); committed specimens never "
-                        "change: create a new specimen for new results", specimen=sid,
-                        digest=entry.digest, path=rel, file=where))
-                elif not self.quick:
-                    hash_jobs.append((sid, rel, entry.digest, wd / rel, st.st_size))
-            else:
-                # Same inode as a damaged object: edited in place, the object changed with it.
-                self.problems.append(Finding(
-                    "workdir_modified", f"{where} was edited in place after {sid} was sealed; "
-                    "it shares its inode with the sealed object, which changed too", specimen=sid,
+            if self._inode_is_object(entry.digest, st):
+                continue  # it IS the object, hashed with the objects; report_shared names it
+            if st.st_size != entry.size:
+                self.info.append(Finding(
+                    "workdir_modified", f"{where} was changed after {sid} was sealed "
+                    f"({st.st_size} bytes, sealed {entry.size}); {restore}", specimen=sid,
                     digest=entry.digest, path=rel, file=where))
+            elif not self.quick:
+                hash_jobs.append((sid, rel, entry.digest, wd / rel, st.st_size))
         for rel in sorted(files - set(commit.tree)):
-            self.problems.append(Finding(
-                "workdir_extra", f"specimens/{sid}/{rel} was added after {sid} was sealed; "
-                "committed specimens never change: move it to a new specimen", specimen=sid,
+            self.info.append(Finding(
+                "workdir_extra", f"specimens/{sid}/{rel} was added after {sid} was sealed; it "
+                "is not part of the specimen (move it to a new one to keep it)", specimen=sid,
                 path=rel, file=f"specimens/{sid}/{rel}"))
 
     def _inode_is_object(self, digest: Digest, st: os.stat_result) -> bool:
@@ -787,33 +824,82 @@ class _Checker:
             return False
         return (ost.st_ino, ost.st_dev) == (st.st_ino, st.st_dev)
 
-    def finish_linked(self, state: dict[Digest, tuple[int, int] | None]) -> None:
-        """Report working files that share their inode with an object found damaged."""
-        for sid, rel, d in self.linked:
-            if state.get(d) is None:
-                where = f"specimens/{sid}/{rel}"
-                self.problems.append(Finding(
-                    "workdir_modified", f"{where} was edited in place after {sid} was sealed; "
-                    "it shares its inode with the sealed object, which changed too", specimen=sid,
-                    digest=d, path=rel, file=where))
-
     def finish_workdirs(
         self, jobs: list[tuple[str, str, Digest, Path, int]],
         results: list[Digest | OSError | None],
     ) -> None:
-        """Turn the hashes of working files (not linked to their object) into problems."""
+        """Turn the hashes of committed working files into information about drift."""
         for (sid, rel, d, _, _), got in zip(jobs, results, strict=True):
             where = f"specimens/{sid}/{rel}"
             if isinstance(got, OSError):
-                self.problems.append(Finding(
-                    "workdir_modified", f"{where} cannot be read ({got.strerror or got}), so it "
-                    f"cannot be shown to hold what {sid} sealed", specimen=sid, digest=d,
+                self.info.append(Finding(
+                    "workdir_modified", f"{where} cannot be read ({got.strerror or got}); the "
+                    f"sealed copy in objects/ is checked on its own", specimen=sid, digest=d,
                     path=rel, file=where))
             elif got is not None and got != d:
-                self.problems.append(Finding(
+                self.info.append(Finding(
                     "workdir_modified", f"{where} was changed after {sid} was sealed (its bytes "
-                    f"hash to {got}); committed specimens never change: create a new specimen "
-                    "for new results", specimen=sid, digest=d, path=rel, file=where))
+                    f"hash to {got}); the sealed copy in objects/ is intact (`vault checkout "
+                    f"{sid} DEST` copies it out)", specimen=sid, digest=d, path=rel, file=where))
+
+    def report_shared(self, scan: ObjectScan) -> None:
+        """Name every object whose inode has another name than its own in ``objects/``.
+
+        Such a name (a working file of a vault written before objects had inodes of their own,
+        a ``cp -al`` copy, a link made by hand) is a way to change sealed bytes by an ordinary
+        write; ``vault gc`` gives each such object a fresh inode of its own.
+        """
+        shared = {d: links for d, (_, _, links) in scan.digests.items() if links > 1}
+        if not shared:
+            return
+        # A write killed between naming a chunk and removing its staging name leaves that name
+        # in a temp entry of the vault's own: garbage that gc removes, not a way in.
+        in_temps: dict[tuple[int, int], int] = {}
+        for item in scan.temps + find_temp(self.vault.root):
+            paths = [item.path] if not item.is_dir else [
+                Path(dp) / n for dp, _, names in walk_tree(item.path) for n in names]
+            for path in paths:
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                key = (st.st_ino, st.st_dev)
+                in_temps[key] = in_temps.get(key, 0) + 1
+        inodes = {}
+        for d in list(shared):
+            try:
+                st = self.vault.objects.path(d).stat()
+            except FileNotFoundError:
+                del shared[d]
+                continue
+            # Stat again after the temp walk: a running writer names a chunk and drops its
+            # staging name in two calls, which a scan may see between.
+            shared[d] = min(shared[d], st.st_nlink) - in_temps.get((st.st_ino, st.st_dev), 0)
+            if shared[d] <= 1:
+                del shared[d]
+                continue
+            inodes[(st.st_ino, st.st_dev)] = d
+        where: dict[Digest, list[str]] = {}
+        if self.vault.specimens_dir.is_dir():
+            for dirpath, _dirs, names in walk_tree(self.vault.specimens_dir):
+                for n in names:
+                    path = os.path.join(dirpath, n)
+                    try:
+                        st = os.lstat(path)
+                    except FileNotFoundError:
+                        continue
+                    d = inodes.get((st.st_ino, st.st_dev)) if st.st_nlink > 1 else None
+                    if d is not None:
+                        where.setdefault(d, []).append(self.rel(Path(path)))
+        for d, links in sorted(shared.items()):
+            paths = where.get(d, [])
+            named = f" ({', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''})" if paths else \
+                " (outside the working directories: a `cp -al` copy or a hand-made link?)"
+            self.problems.append(Finding(
+                "shared_inode", f"object {d} has {links - 1} other name(s){named}: writing "
+                "there would change sealed bytes; run `vault gc` to give the object an inode "
+                "of its own", digest=d, file=f"objects/{d[:2]}/{d}",
+                path=paths[0] if paths else None, count=links - 1))
 
     # garbage ---------------------------------------------------------------------------------
     def report_garbage(self, scan: ObjectScan, live: set[Digest], refs: set[str]) -> None:
@@ -884,6 +970,19 @@ class _Checker:
                 "catalog_behind", f"{len(missing)} committed specimen(s) are not in the catalog "
                 f"yet ({', '.join(missing[:5])}{more}); `vault index` (or the next `vault "
                 "query`) adds them", file="vault.duckdb", count=len(missing)))
+        # Derived data that is consistent, but could not hold some values: worth knowing only.
+        from .catalog import catalog_problems
+
+        try:
+            problems = catalog_problems(self.vault, timeout=CATALOG_TIMEOUT)
+        except LockTimeoutError:
+            problems = []
+        for p in problems:
+            self.info.append(Finding(
+                "catalog_problem", f"{p.specimen_id} wrote metric column {p.column} as "
+                f"{p.written_type} where the catalog's column is {p.catalog_type}: it is NULL in "
+                "`metrics`; the file is intact (SELECT * FROM catalog_problems)",
+                specimen=p.specimen_id, path=f"strata/{p.file}.parquet", file="vault.duckdb"))
 
     def _ref_now(self, sid: str) -> str | None:
         try:
@@ -990,10 +1089,10 @@ def verify(
         if scan is not None:
             live = set(commits) | set(uses) | working_index_digests(vault)
             chk.report_garbage(scan, live, set(raw))
+            chk.report_shared(scan)
         if catalog_read is not None:
             chk.check_catalog(catalog_read, refs)
         chk.finish_objects(object_jobs, hashed_objects.results(), uses, state)
-        chk.finish_linked(state)
         chk.finish_workdirs(workdir_jobs, hashed_workdirs.results())
     chk.bytes_hashed += pool.done
     specimens = tuple(sorted(refs))

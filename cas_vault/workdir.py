@@ -3,7 +3,13 @@
 A working directory holds ``manifest.msgpack`` (what ``vault new`` recorded), ``protocol.py``,
 ``field_notes.md`` and ``strata/`` with the results. A hidden ``.cas/`` folder holds the
 working index: for files that were written straight into the object store (tensor chunks),
-the digest they were stored under, so committing does not hash or copy them again.
+the digest they were stored under, so committing does not hash or copy them again. Those files
+exist only in ``objects/``: no working path ever leads to an object's inode, so nothing written
+through a working directory can change sealed bytes.
+
+Every writer (``SpecimenStorage``, tensor writers, the step logger, ``vault note``) holds the
+working directory's lock shared while it writes; a commit holds it exclusively, so it never
+seals a half-written file of a writer that plays by these rules.
 """
 
 from __future__ import annotations
@@ -14,22 +20,110 @@ from pathlib import Path
 from typing import Any
 
 from . import canonical
-from .atomic import write_replace
+from .atomic import FileLock, write_replace
 from .digest import Digest, is_digest
 from .errors import InvalidInputError, NotFoundError
 
 __all__ = [
+    "COMMIT_LOCK_TIMEOUT",
     "INDEX_PATH",
+    "LOCK_PATH",
     "MANIFEST_NAME",
     "PRIVATE_DIR",
     "WorkingIndex",
+    "check_uncommitted",
     "iter_files",
     "read_manifest",
+    "sealing",
+    "writing",
 ]
 
 MANIFEST_NAME = "manifest.msgpack"
 PRIVATE_DIR = ".cas"
 INDEX_PATH = f"{PRIVATE_DIR}/index.msgpack"
+#: flock(2) file: writers hold it shared, a commit exclusively.
+LOCK_PATH = f"{PRIVATE_DIR}/write.lock"
+#: Seconds a commit waits for the writers of its working directory to finish.
+COMMIT_LOCK_TIMEOUT = 60.0
+
+
+class _WorkdirLock(FileLock):
+    """The working-directory lock, with errors that say who holds it and what to do."""
+
+    def __init__(self, specimen_dir: Path, shared: bool, timeout: float) -> None:
+        super().__init__(specimen_dir / LOCK_PATH, timeout=timeout, shared=shared)
+        self.specimen_dir = specimen_dir
+
+    def acquire(self) -> None:
+        from .errors import LockTimeoutError
+
+        try:
+            super().acquire()
+        except LockTimeoutError:
+            name = self.specimen_dir.name
+            if self.shared:
+                raise LockTimeoutError(
+                    f"specimen {name} is being committed and its commit has held the working "
+                    f"directory for over {self.timeout:.0f} s; wait for it and try again"
+                ) from None
+            raise LockTimeoutError(
+                f"specimen {name} is still being written (a SpecimenStorage write, an open "
+                f"tensor writer or a step logger holds {self.path} for over "
+                f"{self.timeout:.0f} s); commit it when the writer has finished"
+            ) from None
+
+
+def check_uncommitted(specimen_dir: Path) -> None:
+    """Refuse to write into a working directory whose specimen is sealed.
+
+    Writers call it while they hold :func:`writing`, so no commit can start in between.
+
+    Args:
+        specimen_dir: ``<vault>/specimens/<id>``.
+
+    Raises:
+        ImmutableError: if ``<vault>/refs/<id>`` exists.
+    """
+    from .errors import ImmutableError
+
+    name = specimen_dir.name
+    if (specimen_dir.parent.parent / "refs" / name).exists():
+        raise ImmutableError(
+            f"specimen {name} is committed and can no longer change; create a new specimen "
+            f"for new results (vault new NEW_ID --parent {name} ...)"
+        )
+
+
+def writing(specimen_dir: Path, timeout: float = 600.0) -> FileLock:
+    """The lock a writer holds (shared) while it writes into a working directory.
+
+    Args:
+        specimen_dir: the working directory (must exist).
+        timeout: seconds to wait for a commit in progress.
+
+    Returns:
+        A context manager; writers check "not committed yet" once they hold it.
+    """
+    return _WorkdirLock(specimen_dir, shared=True, timeout=timeout)
+
+
+def sealing(specimen_dir: Path, timeout: float = COMMIT_LOCK_TIMEOUT) -> FileLock:
+    """The lock a commit holds (exclusive) from reading the working directory to its ref.
+
+    Args:
+        specimen_dir: the working directory.
+        timeout: seconds to wait for writers to finish.
+
+    Returns:
+        A context manager.
+    """
+    return _WorkdirLock(specimen_dir, shared=False, timeout=timeout)
+
+
+#: Directory levels below a working directory that a commit accepts. No experiment needs more,
+#: and a deeper tree (a runaway recursion in a protocol) is refused before anything is written
+#: rather than sealed into a tree nobody can check out on a system with a 4096-byte path limit.
+MAX_TREE_DEPTH = 256
 
 
 def iter_files(root: Path) -> Iterator[str]:
@@ -37,32 +131,82 @@ def iter_files(root: Path) -> Iterator[str]:
 
     Skipped: the private ``.cas/`` folder, temp files (``.*.tmp``), ``__pycache__`` folders.
     Symlinks are refused rather than followed, because a link could pull bytes from outside.
+    The walk keeps its own stack, so a deep tree is refused with a message, not a
+    RecursionError (``os.walk`` recurses once per directory level).
+
+    Args:
+        root: the working directory.
+
+    Yields:
+        Paths relative to ``root``, ``/``-separated: each directory's files in name order,
+        then its subdirectories, depth first.
 
     Raises:
-        InvalidInputError: if a symlink or special file is found.
+        InvalidInputError: if a symlink or special file is found, a name is not valid UTF-8
+            (tree paths are text), a directory cannot be read, or the tree is more than
+            :data:`MAX_TREE_DEPTH` directories deep.
     """
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        dirnames[:] = sorted(
-            d for d in dirnames
-            if not (rel_dir == "." and d == PRIVATE_DIR) and d != "__pycache__"
-            and not (d.startswith(".") and d.endswith(".tmp"))
-        )
-        for d in dirnames:
-            if os.path.islink(os.path.join(dirpath, d)):
-                raise InvalidInputError(
-                    f"{os.path.join(dirpath, d)} is a symlink; copy the data into the specimen"
-                )
-        for name in sorted(filenames):
+
+    def shown(path: str) -> str:
+        # Undecodable bytes come back from the OS as lone surrogates: show them as \xNN.
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+    def utf8(path: str, full: str) -> None:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInputError(
+                f"{shown(full)} has a name that is not valid UTF-8; rename it (a sealed tree "
+                "names its files by UTF-8 text)"
+            ) from None
+
+    top = os.fspath(root)
+    stack: list[tuple[str, int]] = [("", 0)]  # (directory relative to root, its depth)
+    while stack:
+        rel_dir, depth = stack.pop()
+        dirpath = os.path.join(top, rel_dir) if rel_dir else top
+        try:
+            with os.scandir(dirpath) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            continue  # removed while we walked; its files are not there to seal
+        except OSError as exc:
+            raise InvalidInputError(
+                f"{shown(dirpath)} cannot be read ({exc.strerror or exc}); a commit must see "
+                "every file of the specimen"
+            ) from None
+        subdirs: list[str] = []
+        for entry in entries:
+            name = entry.name
             if name.startswith(".") and name.endswith(".tmp"):
                 continue
-            full = os.path.join(dirpath, name)
-            if os.path.islink(full) or not os.path.isfile(full):
+            if ((not rel_dir and name == PRIVATE_DIR) or name == "__pycache__") and entry.is_dir():
+                continue
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if entry.is_symlink():
                 raise InvalidInputError(
-                    f"{full} is a symlink or special file; copy the data into the specimen"
+                    f"{shown(entry.path)} is a symlink; copy the data into the specimen"
                 )
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            yield rel.replace(os.sep, "/")
+            if entry.is_dir(follow_symlinks=False):
+                utf8(name, entry.path)
+                subdirs.append(rel)
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                raise InvalidInputError(
+                    f"{shown(entry.path)} is a symlink or special file; copy the data into the "
+                    "specimen"
+                )
+            utf8(name, entry.path)
+            yield rel
+        if subdirs and depth + 1 > MAX_TREE_DEPTH:
+            parts = subdirs[0].split("/")
+            deep = "/".join([*parts[:2], "...", parts[-1]])
+            raise InvalidInputError(
+                f"{shown(os.path.join(top, deep))} is more than {MAX_TREE_DEPTH} directory "
+                f"levels below {shown(top)}; a specimen's files may be at most {MAX_TREE_DEPTH} "
+                "directories deep: flatten the tree, then commit"
+            )
+        stack.extend((d, depth + 1) for d in reversed(subdirs))
 
 
 def read_manifest(specimen_dir: Path) -> dict[str, Any]:
@@ -96,12 +240,37 @@ class WorkingIndex:
         self.specimen_dir = specimen_dir
         self.path = specimen_dir / INDEX_PATH
 
-    def load(self) -> dict[str, Digest]:
-        """Return relative path -> digest; a missing or unreadable index is empty (it is a cache)."""
+    def load(self, strict: bool = False) -> dict[str, Digest]:
+        """Return relative path -> digest (empty when there is no index).
+
+        The index is the only record of the tensors written into ``objects/``, so a commit
+        reads it strictly: sealing without a damaged index's tensors would lose them silently.
+
+        Args:
+            strict: raise on a damaged index instead of returning what can be read of it.
+
+        Raises:
+            IntegrityError: with ``strict``, if the index cannot be decoded or holds an entry
+                that is not a relative path -> digest.
+        """
         try:
-            value = canonical.unpackb(self.path.read_bytes(), "working index")
-        except (FileNotFoundError, InvalidInputError):
+            data = self.path.read_bytes()
+        except FileNotFoundError:
             return {}
+        try:
+            value = canonical.unpackb(data, "working index")
+        except InvalidInputError:
+            value = None
+        ok = isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) and is_digest(v) for k, v in value.items())
+        if not ok and strict:
+            from .errors import IntegrityError
+
+            raise IntegrityError(
+                f"the working index {self.path} is damaged, so the tensors written into "
+                f"objects/ for {self.specimen_dir.name} cannot be listed; write them again "
+                "(SpecimenStorage.write_tensors) after removing the file, then commit"
+            )
         if not isinstance(value, dict):
             return {}
         return {k: Digest(v) for k, v in value.items() if isinstance(k, str) and is_digest(v)}

@@ -9,10 +9,11 @@ Two stores, one per direction:
   so lost data is never mistaken for fill values; keys the mapping does not list are absent
   (zarr returns the fill value for them, as for any never-written chunk).
 - :class:`ObjectWriteStore` (write) is what zarr writes an array into: each chunk is hashed as
-  soon as zarr has encoded it, on a small thread pool, and written once into a staging
-  directory (or linked from the object that has its bytes already); new chunks are fsynced in
-  rounds and then hard-linked to their object names, so the working directory and the object
-  store share the bytes.
+  soon as zarr has encoded it, on a small thread pool, and written once into a private staging
+  directory of the vault's ``tmp/`` (nothing at all is written when an object has its bytes
+  already); new chunks are fsynced in rounds and then hard-linked to their object names, and
+  the staging names are removed at the end, so every chunk is written once and its only name
+  is in ``objects/``.
   Metadata documents stay in memory until :meth:`ObjectWriteStore.finish`, because an appending
   writer rewrites ``zarr.json`` at every resize and only the last version matters. Callers that
   already hold a chunk's encoded bytes (raw, uncompressed chunks: see ``cas_vault.tensors``)
@@ -22,8 +23,8 @@ Two stores, one per direction:
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
+import shutil
 import threading
 from collections.abc import AsyncIterator, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,14 +35,7 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Sto
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.core.buffer.core import default_buffer_prototype
 
-from .atomic import (
-    fsync_dir,
-    fsync_many,
-    link_if_absent,
-    put_if_absent,
-    write_durable,
-    write_replace,
-)
+from .atomic import fsync_dir, fsync_many, link_if_absent, put_if_absent, write_durable
 from .commit import check_tree_path
 from .digest import Digest, Hasher
 from .errors import IntegrityError, NotFoundError
@@ -198,21 +192,22 @@ class ObjectWriteStore(Store):
     ``set`` (or :meth:`put_chunk`, for callers that hold a chunk's encoded bytes already)
     hands each chunk to a worker thread and returns: the worker hashes it and, if no object
     has those bytes yet, writes them once, as the staging file ``staging/<key>``; if one has,
-    it hard-links that object to ``staging/<key>`` and writes nothing (it only refreshes the
-    object's mtime). New staging files are made durable in rounds (:data:`SYNC_BATCH_BYTES`
-    at a time, fsynced side by side) and only then hard-linked to their object names, so an
-    object name never points at bytes that a crash could lose, and the working directory and
-    the object store share one inode per chunk. At most ``max_pending`` chunks wait for a
-    worker, so memory stays bounded by a few chunks whatever the array's size. Call
-    :meth:`finish` to wait for every put, store the metadata documents and make it all
-    durable; :meth:`abort` to stop and remove the staging directory.
+    it writes nothing (it only refreshes the object's mtime). New staging files are made
+    durable in rounds (:data:`SYNC_BATCH_BYTES` at a time, fsynced side by side) and only then
+    hard-linked to their object names, so an object name never points at bytes that a crash
+    could lose. The staging directory is private to the vault (in ``tmp/``) and removed by
+    :meth:`finish`, after which an object's only name is its name in ``objects/``. At most
+    ``max_pending`` chunks wait for a worker, so memory stays bounded by a few chunks whatever
+    the array's size. Call :meth:`finish` to wait for every put, store the metadata documents
+    and make it all durable; :meth:`abort` to stop and remove the staging directory.
 
     The caller holds ``locks/gc.lock`` shared for the store's lifetime, so gc never prunes a
     chunk that is stored but not yet listed in a working index.
 
     Args:
         objects: the vault's object store.
-        staging: a new directory (created here) that receives a file or hard link per key.
+        staging: a new directory (created here, in the vault's ``tmp/``) that receives the
+            bytes of each new chunk under its key until it is named.
         threads: worker threads putting chunks (default :data:`DEFAULT_THREADS`).
         max_pending: chunks queued or in flight at most.
         sync_batch_bytes: bytes of new chunks made durable per round (default
@@ -307,15 +302,14 @@ class ObjectWriteStore(Store):
     def _store(self, key: str, data: memoryview) -> tuple[Digest, dict[str, Digest] | None]:
         """Store one chunk as ``staging/<key>``; return its digest and a round to sync, if full.
 
-        A chunk whose object exists is hard-linked from it. A new chunk is written once, as the
+        A chunk whose object exists is only recorded. A new chunk is written once, as the
         staging file itself (read-only, not yet fsynced), or hard-linked to the staging file of
         the same bytes written a moment ago; :meth:`_sync_round` later makes it durable and
-        gives it its object name. Compared with a temp file per object, that saves creating
-        and removing the temp file, and one fsync (with its journal commit) per chunk.
+        gives it its object name. Compared with a temp file per object, that saves one fsync
+        (with its journal commit) per chunk.
         """
         digest, _path, exists = self._find(data)
         if exists:
-            self._link(key, digest, data)
             return digest, None
         dest = self.staging / key
         if not self._link_unnamed(digest, dest):
@@ -380,13 +374,11 @@ class ObjectWriteStore(Store):
         if link_if_absent(src, obj, sync_dir=False):
             with self._lock:
                 self._dirty.add(obj.parent)
-            return
-        if os.path.samefile(src, obj):
-            return  # the same chunk again, linked to the first one's file: named with it
-        # Another writer stored the same bytes meanwhile: the working file becomes that
-        # object, like any chunk that existed, so commit can trust it without re-hashing.
-        src.unlink()
-        self._link(key, digest, None)
+        # Otherwise the object exists: the same chunk again (linked to the first one's staging
+        # file), or another writer stored the same bytes meanwhile. Either way it is named, and
+        # the staging name goes at once, so the object's inode has no second name for longer
+        # than these two calls (a crash in between leaves a temp entry that gc removes).
+        src.unlink(missing_ok=True)
 
     def _put_chunk(self, key: str, data: memoryview) -> Digest:
         try:
@@ -399,17 +391,6 @@ class ObjectWriteStore(Store):
         if batch is not None:
             self._sync_round(batch)
         return digest
-
-    def _link(self, key: str, digest: Digest, data: bytes | memoryview | None) -> None:
-        dest = self.staging / key
-        try:
-            link_if_absent(self.objects.path(digest), dest, sync_dir=False)
-        except OSError as exc:
-            if exc.errno != errno.EMLINK:
-                raise
-            # One object (an all-zero chunk, say) may be shared by more chunks than the
-            # filesystem allows links per inode: keep a plain copy; commit re-hashes it.
-            write_replace(dest, self.objects.get(digest) if data is None else data, mode=0o444)
 
     async def set(self, key: str, value: Buffer) -> None:
         """Queue ``value`` to be stored under ``key`` (metadata stays in memory until finish).
@@ -516,11 +497,19 @@ class ObjectWriteStore(Store):
             return prototype.buffer.from_bytes(_slice(self._metadata[key], byte_range))
         await self._wait(key)
         self._raise_if_failed()
-        if self._entries.get(key) is None:
+        digest = self._entries.get(key)
+        if digest is None:
             return None
-        # The staging file holds the chunk's bytes whether or not its object is named yet.
-        data = await asyncio.to_thread((self.staging / key).read_bytes)
+        data = await asyncio.to_thread(self._read, key, digest)
         return prototype.buffer.from_bytes(_slice(data, byte_range))
+
+    def _read(self, key: str, digest: Digest) -> bytes:
+        # A new chunk's staging file holds its bytes until finish(); a chunk that existed, or
+        # one named since, is read from its object (named before any staging file goes).
+        try:
+            return (self.staging / key).read_bytes()
+        except FileNotFoundError:
+            return self.objects.path(digest).read_bytes()
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]],
@@ -599,16 +588,16 @@ class ObjectWriteStore(Store):
             done.wait()
         self._raise_if_failed()
         for key, data in sorted(self._metadata.items()):
-            digest = self._put(data)
-            self._link(key, digest, data)
-            self._entries[key] = digest
+            self._entries[key] = self._put(data)
         # Directory fsyncs wait for a journal commit each: run them side by side.
-        dirs = sorted(self._dirty) + [Path(d) for d, _, _ in os.walk(self.staging)]
         try:
-            list(self._pool.map(fsync_dir, dirs))
+            list(self._pool.map(fsync_dir, sorted(self._dirty)))
         finally:
             self._pool.shutdown(wait=True)
         self._read_only = True
+        # Every chunk is named in objects/ now: the staging names would only be second paths
+        # to sealed inodes.
+        shutil.rmtree(self.staging, ignore_errors=True)
         return dict(sorted(self._entries.items()))
 
     def abort(self) -> None:
@@ -617,8 +606,6 @@ class ObjectWriteStore(Store):
         Objects already stored stay in ``objects/`` unreferenced; ``vault gc`` removes them.
         Chunks not yet synced never got an object name: they go with the staging tree.
         """
-        import shutil
-
         self._read_only = True
         self._pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.staging, ignore_errors=True)

@@ -243,11 +243,16 @@ def test_put_bytes_with_wrong_expected_digest_writes_nothing(v: Vault) -> None:
 
 
 def test_a_lying_working_index_cannot_name_an_object(v: Vault) -> None:
-    # The working index claims metrics.parquet is an object it is not: commit re-hashes it.
+    # The working index claims metrics.parquet is an object while the working directory holds
+    # another file of that name: which one is the result? The commit refuses to guess.
     wd = v.new("wip", domain="training", method="fine_tuning")
     SpecimenStorage(wd).write_metrics({"x": [1.0, 2.0]})
     existing = v.get("good").tree["strata/metrics.parquet"].digest
     WorkingIndex(wd).update({"strata/metrics.parquet": existing})
+    with pytest.raises(InvalidInputError, match="strata/metrics.parquet .*remove"):
+        v.commit("wip")
+    assert v.refs.get("wip") is None
+    WorkingIndex(wd).update({}, remove_prefix="strata/metrics.parquet")
     v.commit("wip")
     entry = v.get("wip").tree["strata/metrics.parquet"]
     real = blake3.blake3((wd / "strata" / "metrics.parquet").read_bytes()).hexdigest()
@@ -255,14 +260,13 @@ def test_a_lying_working_index_cannot_name_an_object(v: Vault) -> None:
     assert v.verify().ok
 
 
-def test_put_file_with_a_wrong_known_digest_stores_the_true_one(v: Vault, tmp_path: Path) -> None:
+def test_put_file_stores_a_copy_under_the_true_digest(v: Vault, tmp_path: Path) -> None:
     src = v.root / "tmp" / "incoming.bin"
     src.parent.mkdir(exist_ok=True)
     src.write_bytes(b"incoming file")
-    wrong = blake3.blake3(b"claimed").hexdigest()
-    digest, size = v.objects.put_file(src, known=wrong)
+    digest, size = v.objects.put_file(src)
     assert digest == blake3.blake3(b"incoming file").hexdigest() and size == 13
-    assert not v.objects.has(wrong)
+    assert src.read_bytes() == b"incoming file"  # the caller's file stays
     src.unlink()
     report = v.verify()
     assert report.ok
@@ -282,3 +286,137 @@ def test_a_non_commit_object_is_refused_as_a_parent(v: Vault) -> None:
     assert result.exit_code == 2, result.output
     assert snapshot(v.root) == before
     assert_clean(v)
+
+
+# -- nesting: values that contain themselves, and documents nested too deep ----------------------
+#: docs/format.md 4.1: arrays and maps nest at most this many levels.
+MAX_LEVELS = 256
+
+
+def _nested(levels: int) -> object:
+    value: object = 0
+    for _ in range(levels):
+        value = {"k": value}
+    return value
+
+
+def _self_referencing() -> dict:
+    config: dict = {"lr": 3e-4, "layers": [1, 2]}
+    config["self"] = config
+    return config
+
+
+def _cycle_through_a_list() -> dict:
+    config: dict = {"lr": 3e-4, "children": []}
+    config["children"].append({"parent": config})
+    return config
+
+
+NESTED = {
+    "self_reference": (_self_referencing, "contains itself"),
+    "cycle_through_a_list": (_cycle_through_a_list, "contains itself"),
+    "5000_deep": (lambda: _nested(5000), f"deeper than {MAX_LEVELS}"),
+    "one_too_deep": (lambda: _nested(MAX_LEVELS + 1), f"deeper than {MAX_LEVELS}"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NESTED))
+def test_recursive_and_too_deep_values_are_refused_and_nothing_is_written(v: Vault, case: str) -> None:
+    make, says = NESTED[case]
+    wd = v.new("wip", domain="training", method="fine_tuning")
+    SpecimenStorage(wd).write_metrics({"x": [1.0, 2.0]})
+    before = snapshot(v.root)
+    calls = {
+        "write_config": lambda: SpecimenStorage(wd).write_config(make()),
+        "new_metadata": lambda: v.new("other", domain="training", method="fine_tuning",
+                                      metadata={"config": make()}),
+        "commit_extra_metadata": lambda: v.commit("wip", extra_metadata={"config": make()}),
+    }
+    for name, call in calls.items():
+        with pytest.raises(InvalidInputError) as info:
+            call()
+        assert says in str(info.value), (name, str(info.value))
+        assert len(str(info.value)) < 400  # the path is elided, not 5,000 keys long
+    assert snapshot(v.root) == before
+    assert v.refs.get("wip") is None and not v.specimen_dir("other").exists()
+    assert_clean(v)
+
+
+def test_a_value_at_the_depth_bound_is_stored_and_read_back(v: Vault) -> None:
+    wd = v.new("wip", domain="training", method="fine_tuning")
+    SpecimenStorage(wd).write_config(_nested(MAX_LEVELS))
+    assert SpecimenStorage(wd).read_config() == _nested(MAX_LEVELS)
+
+
+def test_documents_nested_deeper_than_the_bound_are_refused_when_read(v: Vault) -> None:
+    from cas_vault import canonical
+
+    # msgpack itself decodes up to 1024 levels; the bound is the format's, checked after it.
+    assert canonical.unpackb(b"\x91" * MAX_LEVELS + b"\xc0", strict=True) is not None
+    for data in (b"\x91" * (MAX_LEVELS + 1) + b"\xc0", b"\x81\xa1k" * 600 + b"\xc0"):
+        for strict in (False, True):
+            with pytest.raises(InvalidInputError, match=f"deeper than {MAX_LEVELS}"):
+                canonical.unpackb(data, strict=strict)
+    # A working manifest whose metadata nests 300 deep: the commit is refused, nothing written.
+    wd = v.new("wip", domain="training", method="fine_tuning")
+    SpecimenStorage(wd).write_metrics({"x": [1.0, 2.0]})
+    manifest = msgpack.unpackb((wd / "manifest.msgpack").read_bytes())
+    manifest["metadata"] = _nested(300)
+    (wd / "manifest.msgpack").write_bytes(msgpack.packb(manifest))
+    before = snapshot(v.root)
+    with pytest.raises(InvalidInputError, match=f"deeper than {MAX_LEVELS}"):
+        v.commit("wip")
+    result = invoke(v, "commit", "wip", "-m", "too deep")
+    assert result.exit_code == 2, result.output
+    assert "deeper than" in result.output and "Traceback" not in result.output
+    assert snapshot(v.root) == before
+    assert_clean(v)
+
+
+# -- vault demo never pours examples into a vault it did not make --------------------------------
+def test_demo_refuses_a_real_vault_or_a_non_empty_directory_and_writes_nothing(
+        v: Vault, tmp_path: Path) -> None:
+    from cas_vault.demo import run_demo
+
+    before = snapshot(v.root)
+    for args in (["demo", "--vault", str(v.root)], ["--vault", str(v.root), "demo"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, result.output
+        assert "did not create" in result.output and "--vault DIR" in result.output
+        assert "Traceback" not in result.output
+    with pytest.raises(InvalidInputError, match="did not create"):
+        run_demo(v.root)
+    assert snapshot(v.root) == before
+    assert_clean(v)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me\n")
+    result = CliRunner().invoke(cli, ["demo", "--vault", str(notes)])
+    assert result.exit_code == 2 and "not empty" in result.output, result.output
+    assert os.listdir(notes) == ["todo.txt"]
+    result = CliRunner().invoke(cli, ["demo", "--vault", str(notes / "todo.txt")])
+    assert result.exit_code == 2, result.output  # click refuses a file before the library sees it
+    with pytest.raises(InvalidInputError, match="not a directory"):
+        run_demo(notes / "todo.txt")
+    assert (notes / "todo.txt").read_text() == "keep me\n"
+
+
+def test_demo_marks_its_vault_and_accepts_missing_empty_and_demo_targets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cas_vault import demo
+
+    # The examples themselves are exercised by test_cli's demo test; here only the target rules.
+    monkeypatch.setattr(demo, "EXAMPLES", ())
+    monkeypatch.setattr(demo, "_run_spectroscopy", lambda vault, result: None)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for target in (tmp_path / "missing" / "demo-vault", empty):
+        demo.run_demo(target)
+        assert (target / demo.DEMO_MARKER).is_file() and (target / "vault.msgpack").is_file()
+        demo.run_demo(target)  # its own vault: accepted again
+    # A demo interrupted before `init` finished left only its marker: still a demo vault.
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / demo.DEMO_MARKER).write_text("x")
+    demo.run_demo(half)
+    assert Vault.open(half).root == half.resolve()

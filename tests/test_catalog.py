@@ -3,6 +3,7 @@ recovery from a deleted or foreign file, and concurrency with other processes.""
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
 
 from cas_vault import SpecimenStorage, Vault, VaultQuery
@@ -47,6 +49,11 @@ def _rows(vault: Vault, sql: str, params: list | None = None) -> list[tuple]:
         return conn.execute(sql, params or []).fetchall()
     finally:
         conn.close()
+
+
+def _metric_types(vault: Vault) -> dict[str, str]:
+    return dict(_rows(vault, "SELECT column_name, data_type FROM duckdb_columns() "
+                             "WHERE table_name = 'metrics'"))
 
 
 def _snapshot(vault: Vault) -> dict[str, list[tuple]]:
@@ -137,15 +144,19 @@ def test_metrics_union_by_name_new_columns_widening_and_nan(vault):
     commit("mixed", {"step": [0], "acc": ["high"]})                      # acc: DOUBLE + text
     release_writer(vault.root)
     assert not (vault.root / STALE_MARKER).exists()
-    types = dict(_rows(vault, "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'metrics'"))
-    assert types["loss"] == "DOUBLE" and types["acc"] == "VARCHAR" and types["note"] == "VARCHAR"
+    types = _metric_types(vault)
+    # Numbers never become text: acc stays DOUBLE and "mixed"'s text is a catalog problem.
+    assert types["loss"] == "DOUBLE" and types["acc"] == "DOUBLE" and types["note"] == "VARCHAR"
     assert types["metric_specimen_id"] == "VARCHAR"
     rows = _rows(vault, "SELECT specimen_id, file, step, loss, acc, note, metric_specimen_id "
                         "FROM metrics ORDER BY specimen_id, step")
     by = {(r[0], r[2]): r for r in rows}
     assert by[("ints", 0)][3] == 3.0 and by[("ints", 0)][4] is None
     assert math.isnan(by[("floats", 1)][3])  # NaN is a value, not NULL
-    assert by[("floats", 0)][4] == "inf" and by[("mixed", 0)][4] == "high"
+    assert by[("floats", 0)][4] == math.inf and by[("floats", 1)][4] == -math.inf
+    assert by[("mixed", 0)][4] is None
+    assert _rows(vault, "SELECT specimen_id, file, column_name, written_type, catalog_type "
+                        "FROM catalog_problems") == [("mixed", "metrics", "acc", "VARCHAR", "DOUBLE")]
     assert by[("texts", 0)][5:] == ("hello", "shadow") and by[("texts", 0)][1] == "metrics"
     # The final value per specimen is one query.
     final = dict(_rows(vault, "SELECT specimen_id, arg_max(loss, step) FROM metrics "
@@ -156,6 +167,138 @@ def test_metrics_union_by_name_new_columns_widening_and_nan(vault):
     vault.index(rebuild=True)
     after = _rows(vault, "SELECT * FROM metrics ORDER BY ALL")
     assert [tuple(map(repr, r)) for r in after] == [tuple(map(repr, r)) for r in before]
+
+
+# -- one specimen cannot change everyone's answers ------------------------------------------------
+# The good specimen's loss is 1.9 at step 9 and 0.5 at its last step, 10: with `step` turned into
+# text, arg_max(loss, step) picks step '9' (the largest string) and says '1.9'.
+GOOD = {"step": list(range(11)), "loss": [3.0] * 9 + [1.9, 0.5]}
+POISONERS = {
+    "strings": {"step": ["a", "b"], "loss": ["x", "1.9"]},             # text where others wrote numbers
+    "nulls": {"step": [0, 1], "loss": [None, None]},                   # an all-null column
+    "empty": pl.DataFrame({"step": pl.Series([], dtype=pl.String),     # no rows at all
+                           "loss": pl.Series([], dtype=pl.String)}),
+}
+
+
+def _commit_metrics(vault: Vault, sid: str, metrics) -> None:
+    SpecimenStorage(vault.new(sid, domain="training", method="fine_tuning")).write_metrics(metrics)
+    vault.commit(sid)
+
+
+@pytest.mark.parametrize("poison_first", [True, False], ids=["poison-first", "poison-last"])
+def test_a_poisoning_specimen_does_not_change_the_final_loss_of_others(vault, poison_first):
+    order = [*POISONERS.items(), ("good", GOOD)] if poison_first else [("good", GOOD), *POISONERS.items()]
+    for sid, metrics in order:
+        _commit_metrics(vault, sid, metrics)
+    q = VaultQuery(vault)
+    final = q.search("SELECT specimen_id, arg_max(loss, step) AS final_loss FROM metrics GROUP BY 1")
+    assert final.schema["final_loss"] == pl.Float64
+    by = dict(final.rows())
+    assert by["good"] == 0.5
+    assert by["strings"] is None and by["nulls"] is None and "empty" not in by
+    types = _metric_types(vault)
+    assert (types["step"], types["loss"]) == ("BIGINT", "DOUBLE")
+
+    # The conflict is recorded, naming the specimen and the columns...
+    problems = q.search("SELECT specimen_id, file, column_name, written_type, catalog_type, detail "
+                        "FROM catalog_problems ORDER BY column_name")
+    assert problems.drop("detail").rows() == [("strings", "metrics", "loss", "VARCHAR", "DOUBLE"),
+                                              ("strings", "metrics", "step", "VARCHAR", "BIGINT")]
+    assert all("strings" in d and "read_metrics" in d for d in problems["detail"])
+    assert [(p.specimen_id, p.column) for p in catalog_mod.catalog_problems(vault)] == \
+        [("strings", "loss"), ("strings", "step")]
+    # ...its rows stay (NULL where it conflicts), and its own values are still readable.
+    assert q.search("SELECT count(*) AS n FROM metrics WHERE specimen_id = 'strings'")["n"][0] == 2
+    assert q.search("SELECT loss FROM exp_strings")["loss"].to_list() == ["x", "1.9"]
+    assert vault.specimen("strings").read_metrics()["step"].to_list() == ["a", "b"]
+
+    # `vault index` reports the problems as information (exit 0).
+    from click.testing import CliRunner
+
+    from cas_vault.cli import cli
+
+    result = CliRunner().invoke(cli, ["--vault", str(vault.root), "index"])
+    assert result.exit_code == 0, result.output
+    assert "2 catalog problem(s)" in result.output and "strings: metrics.loss is VARCHAR" in result.output
+
+
+# Every kind of column a specimen can write, and every kind of disagreement between them.
+KINDS = {
+    "ints": {"step": [0, 1], "loss": [3, 2], "flag": [True, False]},
+    "floats": {"step": [0, 1], "loss": [0.5, math.nan], "acc": [0.25, 0.5]},
+    "text_loss": {"step": [0], "loss": ["high"], "note": ["first a note in text"]},
+    "null_loss": {"step": [0, 1], "loss": [None, None], "acc": [None, None]},
+    "empty": pl.DataFrame({"step": pl.Series([], dtype=pl.String), "loss": pl.Series([], dtype=pl.String),
+                           "never": pl.Series([], dtype=pl.String)}),
+    "only_null": {"step": [5], "newcol": [None]},
+    "text_acc": {"step": [7], "acc": ["a"]},
+    "dates": {"step": [0], "when": [dt.date(2024, 1, 1)]},
+    "stamps": {"step": [1], "when": [dt.datetime(2024, 1, 1, 12)]},
+    "when_text": {"step": [2], "when": ["yesterday"]},
+    "note_number": {"step": [3], "note": [1.5]},
+    "twin_of_ints": {"step": [0, 1], "loss": [3, 2], "flag": [True, False]},
+}
+
+
+def _metrics_state(vault: Vault) -> tuple:
+    """Column types, rows (by column name, in any order) and problems of the metrics catalog."""
+    types = _metric_types(vault)
+    release_writer(vault.root)
+    conn = duckdb.connect(str(vault.catalog_path), read_only=True)
+    try:
+        cur = conn.execute("SELECT * FROM metrics")
+        names = [d[0] for d in cur.description]
+        rows = sorted(tuple(sorted((n, repr(v)) for n, v in zip(names, r))) for r in cur.fetchall())
+    finally:
+        conn.close()
+    return types, rows, sorted(_rows(vault, "SELECT * FROM catalog_problems"))
+
+
+def test_metric_types_do_not_depend_on_commit_order_or_rebuild(tmp_path):
+    """Commit by commit in one order, in the reverse order, in a batch (one statement per schema),
+    and a rebuild: the same column types, the same rows, the same problems."""
+    ids = list(KINDS)
+    orders = {"forward": ids, "reverse": ids[::-1], "batch": ids[1::2] + ids[0::2]}
+    states = {}
+    for name, order in orders.items():
+        v = Vault.init(tmp_path / name)
+        if name == "batch":
+            with v.batch():
+                for sid in order:
+                    _commit_metrics(v, sid, KINDS[sid])
+        else:
+            for sid in order:
+                _commit_metrics(v, sid, KINDS[sid])
+        release_writer(v.root)
+        assert not (v.root / STALE_MARKER).exists()
+        states[name] = _metrics_state(v)
+        if name == "forward":
+            v.index(rebuild=True)
+            states["rebuild"] = _metrics_state(v)
+    first = states["forward"]
+    for name, state in states.items():
+        assert state == first, name
+    types, rows, problems = first
+    assert {c: types[c] for c in ("step", "loss", "flag", "acc", "note", "when", "newcol")} == {
+        "step": "BIGINT", "loss": "DOUBLE", "flag": "BOOLEAN", "acc": "DOUBLE", "note": "DOUBLE",
+        "when": "TIMESTAMP", "newcol": "INTEGER"}
+    assert "never" not in types  # a file without rows adds nothing
+    assert [p[:5] for p in problems] == [
+        ("text_acc", "metrics", "acc", "VARCHAR", "DOUBLE"),
+        ("text_loss", "metrics", "loss", "VARCHAR", "DOUBLE"),
+        ("text_loss", "metrics", "note", "VARCHAR", "DOUBLE"),
+        ("when_text", "metrics", "when", "VARCHAR", "TIMESTAMP"),
+    ]
+    by: dict[str, list[dict[str, str]]] = {}  # specimen id -> its rows, values as repr()
+    for row in rows:
+        r = dict(row)
+        by.setdefault(r["specimen_id"].strip("'"), []).append(r)
+    assert set(by) == set(KINDS) - {"empty"}
+    assert [r["loss"] for r in by["ints"]] == ["2.0", "3.0"]  # integers widened, not text
+    assert [r["note"] for r in by["text_loss"]] == ["None"] and by["note_number"][0]["note"] == "1.5"
+    assert by["dates"][0]["when"] == repr(dt.datetime(2024, 1, 1))
+    assert by["when_text"][0]["when"] == "None" and by["when_text"][0]["step"] == "2"
 
 
 def test_damaged_parquet_object_is_left_out_of_metrics_only(vault, make_specimen):

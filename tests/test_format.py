@@ -6,6 +6,7 @@ docs/format.md, never the expected values alone.
 
 from __future__ import annotations
 
+import datetime
 import math
 
 import pytest
@@ -161,3 +162,122 @@ def test_tree_path_check_matches_its_definition(path: str) -> None:
     except InvalidInputError:
         ok = False
     assert ok == _tree_path_ok_by_definition(path)
+
+
+# -- strict commit decoding (docs/format.md 4.2) ----------------------------------------------
+_digests = st.binary(min_size=1, max_size=8).map(hash_bytes)
+_path_parts = st.text(alphabet=st.sampled_from(list("abz09_-.")), min_size=1, max_size=6).filter(
+    lambda p: p not in (".", ".."))
+_tree_paths = st.lists(_path_parts, min_size=1, max_size=4).map("/".join)
+_texts = st.text(max_size=20)
+_metadata = st.dictionaries(st.text(max_size=8), json_values, max_size=4)
+
+
+@st.composite
+def valid_commits(draw) -> Commit:
+    """Commits as cas-vault could write them: every field within docs/format.md 4.2."""
+    created = draw(st.datetimes(min_value=datetime.datetime(1970, 1, 1)))
+    tree = {
+        path: TreeEntry(draw(_digests), draw(st.integers(0, 2**63)), kind_of(path))
+        for path in draw(st.lists(_tree_paths, max_size=6, unique=True))
+    }
+    return Commit(
+        specimen_id=draw(st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_]{0,20}\Z")),
+        created=created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        author=draw(_texts), message=draw(_texts),
+        manifest=Manifest(draw(_texts.filter(bool)), draw(_texts.filter(bool)),
+                          draw(st.none() | _texts), tuple(draw(st.lists(_texts, max_size=3))),
+                          draw(_metadata)),
+        parents=tuple(draw(st.lists(_digests, max_size=3, unique=True))),
+        tree=tree,
+    )
+
+
+@given(valid_commits())
+def test_decoding_a_commit_gives_back_its_bytes_and_its_name(c: Commit) -> None:
+    data = c.to_bytes()
+    name = hash_bytes(data)
+    back = Commit.from_bytes(data)
+    assert back.to_bytes() == data
+    assert back.digest == name
+    assert back == c
+
+
+def _golden_map() -> dict:
+    return golden_commit().to_map()
+
+
+def _entry(m: dict) -> dict:
+    return m["tree"]["strata/config.msgpack"]
+
+
+# (how to break a valid commit map, text the refusal must contain)
+BROKEN_COMMITS = {
+    "extra_key": (lambda m: m.update(signature="x"), "'signature'"),
+    "missing_key": (lambda m: m.pop("message"), "'message'"),
+    "version_bool": (lambda m: m.update(version=True), "'version'"),
+    "version_zero": (lambda m: m.update(version=0), "'version'"),
+    "author_not_str": (lambda m: m.update(author=5), "'author'"),
+    "created_not_str": (lambda m: m.update(created=1734602400), "'created'"),
+    "created_malformed": (lambda m: m.update(created="2024-12-19 10:00"), "created"),
+    "specimen_id_not_str": (lambda m: m.update(specimen_id=["a"]), "'specimen_id'"),
+    "specimen_id_escape": (lambda m: m.update(specimen_id="../x"), "specimen id"),
+    "parents_not_list": (lambda m: m.update(parents="abc"), "'parents'"),
+    "parent_not_digest": (lambda m: m.update(parents=["ABC"]), "parent"),
+    "parent_twice": (lambda m: m.update(parents=[EMPTY_DIGEST, EMPTY_DIGEST]), "twice"),
+    "tree_not_map": (lambda m: m.update(tree=[]), "'tree'"),
+    "tree_path_escape": (lambda m: m.update(tree={"../x": _entry(m)}), "tree path"),
+    "manifest_not_map": (lambda m: m.update(manifest=[]), "manifest"),
+    "manifest_extra_key": (lambda m: m["manifest"].update(status="active"), "'status'"),
+    "manifest_missing_tags": (lambda m: m["manifest"].pop("tags"), "'tags'"),
+    "manifest_missing_model": (lambda m: m["manifest"].pop("model"), "'model'"),
+    "manifest_missing_metadata": (lambda m: m["manifest"].pop("metadata"), "'metadata'"),
+    "manifest_domain_not_str": (lambda m: m["manifest"].update(domain=1), "'domain'"),
+    "manifest_tags_not_strs": (lambda m: m["manifest"].update(tags=[1]), "'tags'"),
+    "manifest_model_not_str": (lambda m: m["manifest"].update(model=1.5), "'model'"),
+    "manifest_metadata_not_map": (lambda m: m["manifest"].update(metadata=[]), "'metadata'"),
+    "entry_extra_key": (lambda m: _entry(m).update(mode=420), "'mode'"),
+    "entry_missing_kind": (lambda m: _entry(m).pop("kind"), "'kind'"),
+    "entry_size_bool": (lambda m: _entry(m).update(size=True), "size"),
+    "entry_size_negative": (lambda m: _entry(m).update(size=-1), "size"),
+    "entry_size_float": (lambda m: _entry(m).update(size=13.0), "size"),
+    "entry_bad_kind": (lambda m: _entry(m).update(kind="exe"), "kind"),
+    "entry_bad_digest": (lambda m: _entry(m).update(digest="0" * 63), "digest"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_COMMITS))
+def test_a_commit_that_deviates_from_the_spec_is_refused(case: str) -> None:
+    # Canonical bytes that decode to a map: only the commit rules can refuse them. A lenient
+    # decoder would hand back a commit whose digest is not the name it was stored under.
+    m = _golden_map()
+    breaks, named = BROKEN_COMMITS[case]
+    breaks(m)
+    data = canonical.packb(m)
+    with pytest.raises(InvalidInputError) as info:
+        Commit.from_bytes(data)
+    assert named in str(info.value)
+
+
+def test_verify_reports_a_lenient_looking_commit_as_bad_commit(vault) -> None:
+    from click.testing import CliRunner
+
+    from cas_vault.cli import cli
+    from cas_vault.commit import utc_now
+
+    vault.new("real", domain="training", method="fine_tuning")
+    good = vault.commit("real").to_map()
+    # Stored under its own digest and named by a journaled ref: only the decoder can object.
+    for sid, breaks in (("forged_extra", lambda m: m["manifest"].update(status="active")),
+                        ("forged_missing", lambda m: m["manifest"].pop("tags"))):
+        m = {**good, "specimen_id": sid, "manifest": dict(good["manifest"])}
+        breaks(m)
+        digest = vault.objects.put_bytes(canonical.packb(m))
+        vault.refs.create(sid, digest, utc_now())
+    report = vault.verify()
+    bad = {(p.kind, p.specimen) for p in report.problems}
+    assert {("bad_commit", "forged_extra"), ("bad_commit", "forged_missing")} <= bad, bad
+    assert not any(p.specimen == "real" for p in report.problems)
+    result = CliRunner().invoke(cli, ["--vault", str(vault.root), "verify"])
+    assert result.exit_code == 1, result.output
+    assert "bad_commit" in result.output and "Traceback" not in result.output

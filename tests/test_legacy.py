@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import msgpack
@@ -207,3 +208,184 @@ def test_cli_import_legacy_reports_and_exit_codes(vault: Vault, seed_checkout) -
     assert data["ok"] is False and len(data["problems"]) == 3  # the corrupt run is in already
     r = runner.invoke(cli, ["--vault", str(vault.root), "import-legacy", "/nonexistent/x"])
     assert r.exit_code == 2, r.output
+
+
+# -- links and special files: never followed, never copied, each one reported ------------------
+SECRET = b"TOP-SECRET-" + bytes.fromhex("5ec12e7c0ffee0ddba11")
+DIR_SECRET = b"OUTSIDE-DIR-SECRET-" + bytes.fromhex("a11ce5b0b5ec12e7")
+FIELD_SECRET = "field-secret-from-outside-9f3c"
+
+
+def _seed_specimen(path: Path, **extra: object) -> None:
+    _manifest(path / "manifest.msgpack", {"domain": "training", "method": "fine_tuning", **extra})
+    (path / "protocol.py").write_text(f"print({path.name!r})\n")
+    (path / "strata").mkdir(exist_ok=True)
+    (path / "strata" / "notes.txt").write_text("fine\n")
+
+
+@pytest.fixture
+def hostile_checkout(tmp_path: Path) -> dict[str, Path]:
+    """A seed checkout whose specimens hold links (out of and inside the tree) and a FIFO."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(SECRET)
+    (outside / "private").mkdir()
+    (outside / "private" / "key.bin").write_bytes(DIR_SECRET)
+    _manifest(outside / "manifest.msgpack", {"domain": "training", "method": "fine_tuning",
+                                             "stolen": FIELD_SECRET})
+    _seed_specimen(outside / "elsewhere")
+    (outside / "elsewhere" / "strata" / "loot.txt").write_bytes(SECRET)
+    sp = tmp_path / "experiments" / "specimens"
+    p: dict[str, Path] = {"root": tmp_path / "experiments", "outside": outside}
+    _seed_specimen(sp / "2024_01_01_clean")
+    a = sp / "2024_01_02_file_link"
+    _seed_specimen(a)
+    (a / "strata" / "secret.txt").symlink_to(outside / "secret.txt")
+    p["file_link"] = a / "strata" / "secret.txt"
+    b = sp / "2024_01_03_dir_link"
+    _seed_specimen(b)
+    (b / "strata" / "private").symlink_to(outside / "private", target_is_directory=True)
+    p["dir_link"] = b / "strata" / "private"
+    c = sp / "2024_01_04_fifo"
+    _seed_specimen(c)
+    (c / "strata" / "deep").mkdir()
+    os.mkfifo(c / "strata" / "deep" / "pipe")
+    p["fifo"] = c / "strata" / "deep" / "pipe"
+    d = sp / "2024_01_05_inner_link"  # a link that stays inside the tree: not followed either
+    _seed_specimen(d)
+    (d / "strata" / "again.txt").symlink_to("notes.txt")
+    p["inner_link"] = d / "strata" / "again.txt"
+    e = sp / "2024_01_06_manifest_link"  # its fields would come from outside
+    e.mkdir(parents=True)
+    (e / "manifest.msgpack").symlink_to(outside / "manifest.msgpack")
+    (e / "protocol.py").write_text("x = 1\n")
+    f = sp / "2024_01_07_runs"  # the specimen is clean; one of its runs is not
+    _seed_specimen(f)
+    _metrics(f / "runs" / "20240101_000000" / "metrics.parquet", 5, 1)
+    bad_run = f / "runs" / "20240102_000000"
+    _metrics(bad_run / "metrics.parquet", 5, 2)
+    (bad_run / "secret.txt").symlink_to(outside / "secret.txt")
+    p["run_link"] = bad_run / "secret.txt"
+    (sp / "2024_01_08_linked_specimen").symlink_to(outside / "elsewhere", target_is_directory=True)
+    p["specimen_link"] = sp / "2024_01_08_linked_specimen"
+    g = sp / "2024_01_09_runs_link"  # the specimen is clean; its runs/ leads outside
+    _seed_specimen(g)
+    (outside / "runs" / "20240101_000000").mkdir(parents=True)
+    (outside / "runs" / "20240101_000000" / "secret.txt").write_bytes(SECRET)
+    (g / "runs").symlink_to(outside / "runs", target_is_directory=True)
+    p["runs_link"] = g / "runs"
+    return p
+
+
+def _all_vault_bytes(root: Path) -> list[bytes]:
+    out = []
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            full = Path(dirpath, name)
+            if full.is_file() and not full.is_symlink():
+                out.append(full.read_bytes())
+    return out
+
+
+def test_links_and_special_files_are_never_followed_and_each_is_reported(
+        vault: Vault, hostile_checkout: dict[str, Path]) -> None:
+    p = hostile_checkout
+    report = vault.import_legacy(p["root"])
+    assert sorted(i.specimen_id for i in report.imported) == [
+        "2024_01_01_clean", "2024_01_07_runs", "2024_01_07_runs.run_20240101_000000",
+        "2024_01_09_runs_link"]
+    refused = {Path(r.path): r for r in report.refused}
+    assert set(refused) == {p["file_link"], p["dir_link"], p["fifo"], p["inner_link"],
+                            p["run_link"], p["specimen_link"], p["runs_link"]}
+    assert str(p["outside"] / "secret.txt") in refused[p["file_link"]].reason
+    assert "symbolic link" in refused[p["dir_link"]].reason
+    assert "FIFO" in refused[p["fifo"]].reason
+    assert "symbolic link to 'notes.txt'" in refused[p["inner_link"]].reason
+    assert refused[p["run_link"]].specimen_id == "2024_01_07_runs.run_20240102_000000"
+    assert refused[p["fifo"]].specimen_id == "2024_01_04_fifo"
+    assert refused[p["runs_link"]].specimen_id is None  # it keeps out every run behind it
+    problems = {Path(q.source).name: q.message for q in report.problems}
+    for name in ("2024_01_02_file_link", "2024_01_03_dir_link", "2024_01_04_fifo",
+                 "2024_01_05_inner_link", "20240102_000000", "2024_01_08_linked_specimen",
+                 "runs"):
+        assert "symbolic links or special files" in problems[name], problems
+    assert "symbolic link" in problems["2024_01_06_manifest_link"]
+    # Not imported means nothing of it: no ref, no working directory, no half-copied files.
+    for sid in ("2024_01_02_file_link", "2024_01_03_dir_link", "2024_01_04_fifo",
+                "2024_01_05_inner_link", "2024_01_06_manifest_link",
+                "2024_01_07_runs.run_20240102_000000", "2024_01_08_linked_specimen"):
+        assert vault.refs.get(sid) is None and not vault.specimen_dir(sid).exists(), sid
+    # Nothing from outside the tree reached the vault, in objects/ or anywhere else.
+    stored = _all_vault_bytes(vault.root)
+    assert stored and not any(SECRET in b or DIR_SECRET in b or FIELD_SECRET.encode() in b
+                              for b in stored)
+    assert vault.verify().ok
+    # The JSON report and the CLI name every refused path and why; problems exit 1.
+    data = report.to_dict()
+    assert {r["path"] for r in data["refused"]} == {str(x) for x in refused}
+    r = CliRunner().invoke(cli, ["--vault", str(vault.root), "import-legacy", str(p["root"])])
+    assert r.exit_code == 1, r.output
+    for path in refused:
+        assert f"refused   {path}: " in r.output
+    assert "7 path(s) refused" in r.output and "Traceback" not in r.output
+
+
+def test_a_linked_specimens_directory_is_not_followed(vault: Vault, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    _seed_specimen(elsewhere / "2024_03_01_a")
+    (elsewhere / "2024_03_01_a" / "strata" / "data.bin").write_bytes(SECRET)
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "specimens").symlink_to(elsewhere, target_is_directory=True)
+    report = vault.import_legacy(tmp_path / "experiments")
+    assert report.imported == [] and not report.ok
+    assert [(r.path, r.specimen_id) for r in report.refused] == [
+        (str(tmp_path / "experiments" / "specimens"), None)]
+    assert not any(SECRET in b for b in _all_vault_bytes(vault.root))
+
+
+def test_a_file_swapped_after_the_check_is_not_followed(
+        vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both files are regular when the tree is scanned and when the copy looks at them; just
+    # before each is opened, one becomes a link to a secret and the other a FIFO (the race a
+    # hostile tree could win). The open itself (O_NOFOLLOW, then fstat) must refuse them.
+    from cas_vault import legacy
+
+    (tmp_path / "secret.txt").write_bytes(SECRET)
+    sp = tmp_path / "experiments" / "specimens"
+    for sid in ("2024_02_01_swapped_link", "2024_02_02_swapped_fifo"):
+        _seed_specimen(sp / sid)
+        (sp / sid / "strata" / "data.txt").write_text("regular for now\n")
+    real_open = legacy._open_file
+
+    def swap_then_open(dir_fd: int, name: str, path: Path) -> int:
+        if name == "data.txt" and path.is_file():
+            path.unlink()
+            if "link" in str(path):
+                path.symlink_to(tmp_path / "secret.txt")
+            else:
+                os.mkfifo(path)  # a blocking open would hang here: the open is non-blocking
+        return real_open(dir_fd, name, path)
+
+    monkeypatch.setattr(legacy, "_open_file", swap_then_open)
+    report = vault.import_legacy(tmp_path / "experiments")
+    assert report.imported == []
+    problems = {Path(q.source).name: q.message for q in report.problems}
+    assert "symbolic link" in problems["2024_02_01_swapped_link"], problems
+    assert "FIFO" in problems["2024_02_02_swapped_fifo"], problems
+    for sid in ("2024_02_01_swapped_link", "2024_02_02_swapped_fifo"):
+        assert vault.refs.get(sid) is None and not vault.specimen_dir(sid).exists()
+    assert not any(SECRET in b for b in _all_vault_bytes(vault.root))
+
+
+def test_a_manifest_nested_too_deep_is_a_problem_not_a_crash(vault: Vault, tmp_path: Path) -> None:
+    sp = tmp_path / "experiments" / "specimens"
+    deep: object = "bottom"
+    for _ in range(1000):  # msgpack decodes up to 1024 levels; a commit holds at most 256
+        deep = {"k": deep}
+    _seed_specimen(sp / "2024_04_01_deep", notes=deep)
+    _seed_specimen(sp / "2024_04_02_fine")
+    report = vault.import_legacy(tmp_path / "experiments")
+    assert [i.specimen_id for i in report.imported] == ["2024_04_02_fine"]
+    assert [Path(q.source).name for q in report.problems] == ["2024_04_01_deep"]
+    assert "deeper than 252 levels" in report.problems[0].message
+    assert not vault.specimen_dir("2024_04_01_deep").exists()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from cas_vault import Vault
 from cas_vault.atomic import fsync_many
 from cas_vault.digest import hash_bytes, hash_file
-from cas_vault.errors import IntegrityError
+from cas_vault.errors import FileChangedError, IntegrityError, InvalidInputError
 from cas_vault.objects import ObjectStore
 
 
@@ -21,28 +23,64 @@ def store(tmp_path: Path) -> ObjectStore:
     return ObjectStore(tmp_path / "objects", tmp_path / "tmp")
 
 
-def test_fsync_many_covers_files_and_directories(tmp_path: Path) -> None:
+def test_fsync_many_covers_files_and_directories(tmp_path: Path, fs_log) -> None:
+    fs_log.root = tmp_path.resolve()
     files = []
     for i in range(20):
         p = tmp_path / f"f{i}"
         p.write_bytes(b"x" * i)
         files.append(p)
-    fsync_many([*files, tmp_path, files[0]])  # duplicates are fine
-    fsync_many([])
+    with fs_log.recording():
+        fsync_many([*files, tmp_path, files[0]])
+    # Every path, files and the directory alike, exactly once (duplicates are fsynced once).
+    assert sorted(e.path for e in fs_log.events if e.op == "fsync") == sorted(
+        [*(f"f{i}" for i in range(20)), "."])
+    with fs_log.recording():
+        fsync_many([files[3]])  # one path: no pool
+        fsync_many([])
+    assert [str(e) for e in fs_log.events] == ["fsync f3"]
 
 
-def test_fsync_many_raises_after_the_others_finish(tmp_path: Path) -> None:
-    good = tmp_path / "good"
-    good.write_bytes(b"ok")
-    with pytest.raises(FileNotFoundError):
-        fsync_many([good, tmp_path / "missing", tmp_path])
+@pytest.mark.parametrize("failing", ["in-caller", "in-pool"])
+def test_fsync_many_raises_after_the_others_finish(
+    tmp_path: Path, fs_log, monkeypatch: pytest.MonkeyPatch, failing: str,
+) -> None:
+    fs_log.root = tmp_path.resolve()
+    for name in ("bad", "slow", "a", "b"):
+        (tmp_path / name).write_bytes(b"x")
+    failed = threading.Event()
+    recorded = os.fsync  # fs_log's: records an fsync once it has returned
+
+    def fsync(fd: int) -> None:
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if name == "bad":
+            failed.set()
+            raise OSError(errno.EIO, "injected fsync failure")
+        if name == "slow":
+            # Returns only after the failure: fsync_many must wait for it all the same.
+            assert failed.wait(timeout=60)
+        recorded(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    # The first path is fsynced in the calling thread, the others in the pool; the one that
+    # waits is never queued behind the failing one, whatever the pool's size.
+    names = ["bad", "slow", "a", "b", "."]
+    if failing == "in-pool":
+        names = ["slow", "a", "bad", "b", "."]
+    with fs_log.recording():
+        with pytest.raises(OSError) as raised:
+            fsync_many([tmp_path / n for n in names])
+        synced = sorted(e.path for e in fs_log.events if e.op == "fsync")
+    assert raised.value.errno == errno.EIO
+    assert synced == [".", "a", "b", "slow"]
     with pytest.raises(FileNotFoundError):
         fsync_many([tmp_path / "missing"])
 
 
-def test_batch_names_objects_by_digest_links_files_and_cleans_temps(store: ObjectStore, tmp_path: Path) -> None:
+def test_batch_names_objects_by_digest_copies_files_and_cleans_temps(store: ObjectStore, tmp_path: Path) -> None:
     src = tmp_path / "result.bin"
     src.write_bytes(b"measurements")
+    mode = src.stat().st_mode
     batch = store.batch()
     d_file, size = batch.add_file(src)
     d_blob = batch.add_bytes(b"commit bytes")
@@ -52,9 +90,11 @@ def test_batch_names_objects_by_digest_links_files_and_cleans_temps(store: Objec
     assert (d_file, size) == hash_file(src)
     assert d_blob == hash_bytes(b"commit bytes")
     assert store.get(d_blob) == b"commit bytes"
-    # The working file became the object: one inode, read-only, no copy.
-    assert os.stat(store.path(d_file)).st_ino == os.stat(src).st_ino
+    # The object is a copy with one name; the working file is the caller's, untouched.
+    assert os.stat(store.path(d_file)).st_ino != os.stat(src).st_ino
+    assert os.stat(store.path(d_file)).st_nlink == 1
     assert os.stat(store.path(d_file)).st_mode & 0o222 == 0
+    assert src.stat().st_mode == mode and src.stat().st_nlink == 1
     assert os.stat(store.path(d_blob)).st_mode & 0o222 == 0
     assert not any(store.tmp_dir.iterdir())
     with pytest.raises(RuntimeError):
@@ -88,35 +128,62 @@ def test_batch_dedups_within_itself(store: ObjectStore, tmp_path: Path) -> None:
     assert len(list(store.iter_digests())) == 1
 
 
-def test_batch_trusts_a_known_digest_only_for_the_same_inode(store: ObjectStore, tmp_path: Path) -> None:
-    real = store.put_bytes(b"chunk")
-    linked = tmp_path / "linked"
-    os.link(store.path(real), linked)
-    lying = tmp_path / "lying"
-    lying.write_bytes(b"other bytes")
-    batch = store.batch()
-    assert batch.add_file(linked, known=real) == (real, 5)
-    assert batch.add_file(lying, known=real)[0] == hash_bytes(b"other bytes")
-    batch.publish()
-    assert store.get(hash_bytes(b"other bytes")) == b"other bytes"
+def test_a_file_hard_linked_from_outside_is_copied_never_adopted(store: ObjectStore, tmp_path: Path) -> None:
+    # The user's own file, linked into a specimen: sealing must neither chmod it nor make it
+    # share fate with the store.
+    outside = tmp_path / "outside.csv"
+    outside.write_bytes(b"my own data")
+    outside.chmod(0o640)
+    inside = tmp_path / "specimen.csv"
+    os.link(outside, inside)
+    digest, size = store.put_file(inside)
+    assert outside.stat().st_mode & 0o777 == 0o640 and outside.stat().st_nlink == 2
+    assert store.path(digest).stat().st_ino != outside.stat().st_ino
+    outside.write_bytes(b"edited later")
+    assert store.get(digest) == b"my own data"
 
 
-def test_batch_refuses_a_file_that_changes_while_hashed(store: ObjectStore, tmp_path: Path, monkeypatch) -> None:
+def test_symlinks_and_special_files_are_refused(store: ObjectStore, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not for the vault")
+    (tmp_path / "link").symlink_to(secret)
+    os.mkfifo(tmp_path / "fifo")
+    for name in ("link", "fifo"):
+        with pytest.raises(InvalidInputError):
+            store.batch().add_file(tmp_path / name)
+    assert not list(store.iter_digests()) and not list(store.tmp_dir.glob("*"))
+
+
+@pytest.mark.parametrize("change", ["append", "rewrite", "replace"])
+def test_batch_refuses_a_file_that_changes_while_copied(
+    store: ObjectStore, tmp_path: Path, monkeypatch, change: str,
+) -> None:
     src = tmp_path / "growing"
     src.write_bytes(b"a" * 100)
+    os.utime(src, ns=(0, 0))  # any write from now on moves the mtime, however coarse the clock
     import cas_vault.objects as objects_mod
 
-    real_hash = objects_mod.hash_file
+    real_copy = objects_mod._copy_hashing
 
-    def hash_then_append(path: Path):
-        out = real_hash(path)
-        with open(path, "ab") as f:
-            f.write(b"more")
+    def copy_then_change(fd_in: int, fd_out: int, expected: int):
+        out = real_copy(fd_in, fd_out, expected)
+        if change == "append":
+            with open(src, "ab") as f:
+                f.write(b"more")
+        elif change == "rewrite":  # same size, new bytes: only the mtime tells
+            with open(src, "r+b") as f:
+                f.write(b"b" * 100)
+        else:  # a new file renamed over the old one (np.save, polars, editors do this)
+            (tmp_path / "new").write_bytes(b"a" * 100)
+            os.replace(tmp_path / "new", src)
         return out
 
-    monkeypatch.setattr(objects_mod, "hash_file", hash_then_append)
-    with pytest.raises(IntegrityError, match="changed while"):
-        store.batch().add_file(src)
+    monkeypatch.setattr(objects_mod, "_copy_hashing", copy_then_change)
+    batch = store.batch()
+    with pytest.raises(FileChangedError, match="changed while"):
+        batch.add_file(src)
+    batch.publish()
+    assert not list(store.iter_digests()) and not list(store.tmp_dir.glob("*"))
 
 
 def test_commit_leaves_no_intent_and_a_single_read_only_ref(vault: Vault, make_specimen) -> None:

@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 
+import duckdb
 import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
 
 from cas_vault import SpecimenStorage, Vault, VaultQuery
-from cas_vault.catalog import release_writer
+from cas_vault.catalog import connect_read_only, release_writer
 from cas_vault.cli import cli
-from cas_vault.errors import InvalidInputError
+from cas_vault.errors import InvalidInputError, QueryTimeoutError
 
 DEMO = "example_synthetic_demo"
 
@@ -151,6 +158,9 @@ def test_results_are_typed_even_when_empty_and_params_are_bound(demo_vault):
     "ATTACH '{tmp}/other.duckdb'",
     "SELECT 1; DELETE FROM catalog",
     "SET threads = 1",
+    "SET enable_external_access = true",
+    "INSTALL httpfs",
+    "LOAD httpfs",
 ])
 def test_queries_cannot_write(demo_vault, tmp_path, sql):
     before = VaultQuery(demo_vault).search("SELECT count(*) AS n FROM catalog")["n"][0]
@@ -158,6 +168,177 @@ def test_queries_cannot_write(demo_vault, tmp_path, sql):
         VaultQuery(demo_vault).search(sql.format(tmp=tmp_path))
     assert not list(tmp_path.iterdir())
     assert VaultQuery(demo_vault).search("SELECT count(*) AS n FROM catalog")["n"][0] == before
+
+
+# -- the sandbox: no file outside the vault, no network, no extensions ------------------------------
+# Hours on any machine, and nothing DuckDB can shortcut.
+ENDLESS = "SELECT sum(hash(i)) AS s FROM range(10000000000000) t(i)"
+
+
+@pytest.fixture
+def listener(monkeypatch):
+    """A local TCP server that records every connection; HTTP(S) proxies point at it, so any
+    network attempt (a file over http, an extension download) shows up here."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.2)
+    port = srv.getsockname()[1]
+    hits: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1)
+                try:
+                    hits.append(conn.recv(200))
+                except OSError:
+                    hits.append(b"?")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(var, f"http://127.0.0.1:{port}")
+    yield port, hits
+    stop.set()
+    thread.join(5)
+    srv.close()
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM read_text('/etc/passwd')",
+    "SELECT * FROM read_text('{outside}')",
+    "SELECT * FROM read_csv('{outside}')",
+    "SELECT * FROM read_csv('{objects}/{from_objects}')",  # ../../.. out of objects/
+    "SELECT * FROM glob('/etc/*')",
+    "SELECT * FROM read_csv('http://127.0.0.1:{port}/x.csv')",
+    "SELECT * FROM read_parquet('s3://bucket/x.parquet')",
+])
+def test_queries_cannot_read_outside_the_vault_or_reach_the_network(demo_vault, tmp_path, listener, sql):
+    port, hits = listener
+    outside = tmp_path / "outside.csv"
+    outside.write_text("secret,value\nkey,42\n")
+    objects = demo_vault.root / "objects"
+    sql = sql.format(outside=outside, objects=objects, from_objects=os.path.relpath(outside, objects),
+                     port=port)
+    with pytest.raises(InvalidInputError, match="refused"):
+        VaultQuery(demo_vault).search(sql)
+    assert hits == []  # refused before any connection, and no extension was fetched
+
+
+def test_queries_read_the_vault_objects_and_say_why_others_are_refused(demo_vault):
+    # The vault's own objects stay readable: the exp_<id> views read them.
+    digest = demo_vault.get(DEMO).tree["strata/metrics.parquet"].digest
+    path = demo_vault.objects.path(digest)
+    assert VaultQuery(demo_vault).search(f"SELECT count(*) AS n FROM read_parquet('{path}')")["n"][0] == \
+        demo_vault.specimen(DEMO).read_metrics().height
+    result = CliRunner().invoke(cli, ["--vault", str(demo_vault.root), "query",
+                                      "SELECT * FROM read_text('/etc/passwd')"])
+    assert result.exit_code == 2 and "root:" not in result.output
+    assert "refused" in result.output and "vault's own objects only" in result.output
+
+
+@pytest.mark.parametrize("sql", [
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SET enable_external_access = true",
+    "RESET enable_external_access",
+    "SET allowed_directories = ['/']",
+    "SET autoinstall_known_extensions = true",
+    "SET lock_configuration = false",
+    "COPY (SELECT 1) TO '{tmp}/out.csv'",
+    "ATTACH '{tmp}/other.duckdb'",
+])
+def test_the_read_only_connection_cannot_be_reopened_by_sql(demo_vault, tmp_path, listener, sql):
+    """Below the one-SELECT check: the connection itself refuses, so no SQL undoes the sandbox."""
+    _port, hits = listener
+    release_writer(demo_vault.root)
+    conn = connect_read_only(demo_vault.catalog_path, 30)
+    try:
+        with pytest.raises(duckdb.Error):
+            conn.execute(sql.format(tmp=tmp_path))
+        with pytest.raises(duckdb.PermissionException):
+            conn.execute("SELECT * FROM read_text('/etc/passwd')")
+        assert conn.execute("SELECT current_setting('enable_external_access')").fetchone() == (False,)
+    finally:
+        conn.close()
+    assert not list(tmp_path.iterdir()) and hits == []
+
+
+def test_timeout_cancels_a_long_query(demo_vault):
+    q = VaultQuery(demo_vault)
+    started = time.monotonic()
+    with pytest.raises(QueryTimeoutError, match="timeout of 0.5 s") as info:
+        q.search(ENDLESS, timeout=0.5)
+    assert time.monotonic() - started < 60 and info.value.exit_code == 124
+    assert q.search("SELECT count(*) AS n FROM catalog", timeout=60)["n"][0] >= 2  # still fine
+    for bad in (0, -1, "1", True):
+        with pytest.raises(InvalidInputError, match="timeout"):
+            q.search("SELECT 1", timeout=bad)
+    result = CliRunner().invoke(cli, ["--vault", str(demo_vault.root), "query", ENDLESS, "--timeout", "0.5"])
+    assert result.exit_code == 124, result.output
+    assert "timeout" in result.output and "Traceback" not in result.output
+    assert CliRunner().invoke(cli, ["--vault", str(demo_vault.root), "query", "SELECT 1",
+                                    "--timeout", "0"]).exit_code == 2
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _has_open(pid: int, path: str) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == path:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watches the process through /proc")
+def test_ctrl_c_cancels_a_running_query(vault, make_specimen):
+    make_specimen("s")
+    vault.commit("s")
+    vault.index()  # current: the query process only reads the catalog
+    release_writer(vault.root)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cas_vault", "--vault", str(vault.root), "query", ENDLESS],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell without job control starts background commands with SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        # Running the query: the catalog is open, and the process keeps burning CPU (nothing
+        # else it does after opening the catalog takes a second of CPU, on any machine).
+        deadline = time.monotonic() + 120
+        while not _has_open(proc.pid, str(vault.catalog_path)):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the query never opened the catalog"
+            time.sleep(0.05)
+        base = _cpu_seconds(proc.pid)
+        while _cpu_seconds(proc.pid) - base < 1.0:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the query never ran"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "cancelled" in err and "Traceback" not in err and out == ""
+    # Nothing is left holding the catalog.
+    assert VaultQuery(vault).search("SELECT specimen_id FROM catalog").rows() == [("s",)]
 
 
 def test_bad_sql_is_a_clear_error_exit_2(demo_vault):

@@ -51,8 +51,15 @@ def objects_bytes(vault: Vault) -> int:
 
 
 def tensor_files(storage: SpecimenStorage, name: str) -> dict[str, Path]:
-    root = storage.strata / f"{name}.zarr"
-    return {p.relative_to(storage.path).as_posix(): p for p in root.rglob("*") if p.is_file()}
+    """Tree path -> the file holding its bytes: its object in a vault, else the Zarr file."""
+    root = storage.vault_root()
+    if root is not None:
+        objects = Vault.open(root).objects
+        prefix = f"strata/{name}.zarr/"
+        return {k: objects.path(d) for k, d in WorkingIndex(storage.path).load().items()
+                if k.startswith(prefix)}
+    tree = storage.strata / f"{name}.zarr"
+    return {p.relative_to(storage.path).as_posix(): p for p in tree.rglob("*") if p.is_file()}
 
 
 def snapshot(storage: SpecimenStorage, vault: Vault) -> tuple:
@@ -178,40 +185,50 @@ def test_default_chunks_follow_the_seed_and_chunk_bytes_keeps_rows_whole(storage
     assert default_chunks((1024, 4096)) == (512, 820)  # equal pieces: little edge padding
     assert chunks_for_bytes((262144, 1024), 4, 4 << 20) == (1024, 1024)
     assert chunks_for_bytes((10, 4096, 4096), 4, 4 << 20) == (1, 256, 4096)
-    z = zarr.open_array(storage.write_tensors("t", np.zeros((2500, 20, 3), "f4")), mode="r")
+    storage.write_tensors("t", np.zeros((2500, 20, 3), "f4"))
+    z = storage.read_tensor_lazy("t")
     assert z.chunks == (834, 20, 3)
-    z = zarr.open_array(storage.write_tensors("u", np.zeros((64, 256), "f4"), chunk_bytes=8192),
-                        mode="r")
+    storage.write_tensors("u", np.zeros((64, 256), "f4"), chunk_bytes=8192)
+    z = storage.read_tensor_lazy("u")
     assert z.chunks == (8, 256)
     # Chunks larger than the array are cut to it (no padded bytes stored).
-    z = zarr.open_array(storage.write_tensors("v", np.zeros((5, 3)), chunks=100), mode="r")
+    storage.write_tensors("v", np.zeros((5, 3)), chunks=100)
+    z = storage.read_tensor_lazy("v")
     assert z.chunks == (5, 3)
 
 
 def test_metadata_records_the_codec(storage):
-    meta = json.loads((storage.write_tensors("z", np.zeros(4), compressor="zstd") / "zarr.json").read_text())
+    storage.write_tensors("z", np.zeros(4), compressor="zstd")
+    meta = json.loads(tensor_files(storage, "z")["strata/z.zarr/zarr.json"].read_text())
     assert {"name": "zstd", "configuration": {"level": 3, "checksum": False}} in meta["codecs"]
-    meta = json.loads((storage.write_tensors("raw", np.zeros(4), compressor=None) / "zarr.json").read_text())
+    storage.write_tensors("raw", np.zeros(4), compressor=None)
+    meta = json.loads(tensor_files(storage, "raw")["strata/raw.zarr/zarr.json"].read_text())
     assert [c["name"] for c in meta["codecs"]] == ["bytes"]
 
 
 # -- objects, links, index, commit -----------------------------------------------------------
-def test_chunks_are_objects_hard_linked_into_the_working_directory(vault, storage):
+def test_chunks_are_objects_that_no_working_path_leads_to(vault, storage, tmp_path):
     a = np.random.default_rng(1).standard_normal((40, 30)).astype("f4")
     storage.write_tensors("t", a, chunks=(10, 30))
     files = tensor_files(storage, "t")
-    index = WorkingIndex(storage.path).load()
-    assert set(files) == {k for k in index if k.startswith("strata/t.zarr/")}
-    assert len(files) == 5  # zarr.json + 4 chunks
-    for rel, path in files.items():
-        obj = vault.objects.path(index[rel])
-        assert os.path.samefile(path, obj)
-        assert path.stat().st_nlink >= 2
+    assert len(files) == 5  # zarr.json + 4 chunks, listed by the working index
+    for path in files.values():
+        # The object's name in objects/ is its only one: nothing written through a working
+        # path, or a file descriptor opened there, can reach it.
+        assert path.stat().st_nlink == 1
         assert oct(path.stat().st_mode & 0o777) == "0o444"
-    # Plain zarr opens the working directory as it is.
-    np.testing.assert_array_equal(zarr.open_array(LocalStore(storage.strata / "t.zarr"), mode="r")[...], a)
-    # No temp directories are left in strata/.
-    assert sorted(p.name for p in storage.strata.iterdir()) == ["t.zarr"]
+    inodes = {p.stat().st_ino for p in files.values()}
+    assert not inodes & {p.stat().st_ino for p in storage.path.rglob("*") if p.is_file()}
+    # Nothing in strata/ (no copy, no temp directory) and nothing left in the vault's tmp/.
+    assert list(storage.strata.iterdir()) == []
+    assert list((vault.root / "tmp").iterdir()) == []
+    np.testing.assert_array_equal(storage.read_tensor_lazy("t")[...], a)
+    assert storage.list_tensors() == ["t"]
+    # A checkout is a plain Zarr directory, separate copies of the objects.
+    vault.commit("spec_a")
+    out = vault.checkout("spec_a", tmp_path / "out")
+    np.testing.assert_array_equal(zarr.open_array(LocalStore(out / "strata" / "t.zarr"), mode="r")[...], a)
+    assert not inodes & {p.stat().st_ino for p in out.rglob("*") if p.is_file()}
 
 
 def test_commit_neither_hashes_nor_copies_tensor_bytes(vault, storage, monkeypatch):
@@ -222,8 +239,9 @@ def test_commit_neither_hashes_nor_copies_tensor_bytes(vault, storage, monkeypat
     index = WorkingIndex(storage.path).load()
     before = objects_bytes(vault)
     hashed: list[str] = []
-    real = objects_mod.hash_file
-    monkeypatch.setattr(objects_mod, "hash_file", lambda p: (hashed.append(str(p)), real(p))[1])
+    real = objects_mod.ObjectBatch.add_file
+    monkeypatch.setattr(objects_mod.ObjectBatch, "add_file",
+                        lambda self, p: (hashed.append(str(p)), real(self, p))[1])
     commit = vault.commit("spec_a")
     assert hashed and not [p for p in hashed if ".zarr" in p]
     for rel, entry in commit.tree.items():
@@ -327,27 +345,22 @@ def test_two_tensors_written_at_once_both_land_in_the_index(storage):
         assert set(tensor_files(storage, name)) == {k for k in index if k.startswith(f"strata/{name}.zarr/")}
 
 
-def test_a_chunk_linked_too_often_is_copied_and_still_committed_right(vault, storage, monkeypatch):
-    import errno
-
-    real_link = os.link
-
-    def link(src, dst, *args, **kwargs):
-        if "/strata/" in str(dst) and str(dst).endswith("c/1"):
-            raise OSError(errno.EMLINK, "Too many links")
-        return real_link(src, dst, *args, **kwargs)
-
+def test_chunks_stored_before_get_no_second_name(vault, storage, monkeypatch):
+    # An identical tensor of another specimen: its objects are reused as they are, without a
+    # link anywhere (a link would be a second path to a sealed inode).
     a = np.arange(20, dtype="i8")
-    # The chunks exist already (another specimen): a new write links them instead of writing.
     new_storage(vault, "spec_b").write_tensors("t", a, chunks=5)
-    monkeypatch.setattr(os, "link", link)
+    vault.commit("spec_b")
+    links: list[tuple[str, str]] = []
+    real_link = os.link
+    monkeypatch.setattr(os, "link", lambda s, d, *a, **k: (links.append((str(s), str(d))),
+                                                           real_link(s, d, *a, **k))[1])
     storage.write_tensors("t", a, chunks=5)
-    monkeypatch.setattr(os, "link", real_link)
-    copied = storage.strata / "t.zarr" / "c" / "1"
-    assert copied.stat().st_nlink == 1
     commit = vault.commit("spec_a")
+    sealed = {str(vault.objects.path(e.digest)) for e in vault.get("spec_b").tree.values()}
+    assert not [pair for pair in links if pair[0] in sealed or pair[1] in sealed]
+    assert all(vault.objects.path(e.digest).stat().st_nlink == 1 for e in commit.tree.values())
     np.testing.assert_array_equal(vault.specimen("spec_a").tensor("t")[...], a)
-    assert commit.tree["strata/t.zarr/c/1"].digest == WorkingIndex(storage.path).load()["strata/t.zarr/c/1"]
 
 
 # -- raw chunks: straight to the object store, written once --------------------------------
@@ -424,13 +437,12 @@ def test_new_chunks_are_written_once_and_identical_chunks_not_at_all(vault, monk
     a = np.random.default_rng(13).standard_normal((64, 256)).astype("f4")
     first = new_storage(vault, "first")
     first.write_tensors("t", a, chunks=(16, 256), compressor=None)
-    # Each new chunk is written once, as the working file, which then becomes the object:
-    # no temp file per chunk (only zarr.json goes through one).
+    # Each new chunk is written once, as a staging file that then becomes the object: no
+    # temp file per chunk (only zarr.json goes through one), no copy in the working directory.
     assert written == [16 * 256 * 4] * 4 and len(temp_puts) == 1
     index = WorkingIndex(first.path).load()
-    for rel, path in tensor_files(first, "t").items():
-        assert os.path.samefile(path, vault.objects.path(index[rel]))
-        assert path.stat().st_nlink == 2 and oct(path.stat().st_mode & 0o777) == "0o444"
+    for path in tensor_files(first, "t").values():
+        assert path.stat().st_nlink == 1 and oct(path.stat().st_mode & 0o777) == "0o444"
     assert not [p for p in (vault.root / "tmp").iterdir()]  # no temp leftovers
     vault.commit("first")
 
@@ -465,8 +477,7 @@ def test_a_chunk_stored_meanwhile_by_another_writer_becomes_that_object(vault, s
     monkeypatch.setattr(ObjectWriteStore, "_find", find_as_if_absent)
     storage.write_tensors("t", a, chunks=10, compressor=None)
     theirs = tensor_files(other, "t")
-    for rel, path in tensor_files(storage, "t").items():
-        assert os.path.samefile(path, theirs[rel.replace("spec_a", "spec_b")]), rel
+    assert tensor_files(storage, "t") == theirs  # the same objects, each with its one name
     commit = vault.commit("spec_a")
     np.testing.assert_array_equal(vault.specimen("spec_a").tensor("t")[...], a)
     theirs_index = WorkingIndex(other.path).load()
@@ -499,7 +510,6 @@ def test_missing_chunk_object_raises_and_altered_chunk_is_detected(vault, storag
         vault.specimen("spec_a").tensor("t")[15]
     np.testing.assert_array_equal(vault.specimen("spec_a").tensor("t")[5], 5.0)
     obj.unlink()
-    (storage.strata / "t.zarr" / "c" / "1").unlink()
     with pytest.raises(IntegrityError, match="missing"):
         vault.specimen("spec_a").tensor("t")[15]
     with pytest.raises(IntegrityError):
@@ -696,19 +706,32 @@ def test_gc_keeps_chunks_of_uncommitted_tensors_and_prunes_replaced_ones(vault, 
     np.testing.assert_array_equal(vault.specimen("spec_a").tensor("t")[...], a + 1)
 
 
-def test_commit_refuses_a_tensor_whose_chunk_file_was_deleted(tmp_path) -> None:
-    """A deleted chunk would read back as fill values: sealing it must be refused."""
+def test_commit_refuses_a_tensor_it_cannot_list_or_find(tmp_path) -> None:
+    """The working index is the only record of a tensor in objects/: a damaged index, or an
+    object it names gone missing, must refuse the commit (sealing would silently drop data or
+    seal fill values), and name the way out."""
     import numpy as np
     import pytest as _pytest
 
     from cas_vault import SpecimenStorage, Vault
-    from cas_vault.errors import InvalidInputError
+    from cas_vault.errors import IntegrityError
 
     v = Vault.init(tmp_path / "v")
     wd = v.new("t", domain="training", method="fine_tuning")
-    SpecimenStorage(wd).write_tensors("x", np.arange(4000, dtype=np.float32).reshape(2000, 2))
-    chunk = next(p for p in (wd / "strata" / "x.zarr" / "c").rglob("*") if p.is_file())
-    chunk.unlink()
-    with _pytest.raises(InvalidInputError, match="missing its chunk file"):
+    s = SpecimenStorage(wd)
+    s.write_tensors("x", np.arange(4000, dtype=np.float32).reshape(2000, 2))
+    index = WorkingIndex(wd)
+    chunk = next(d for k, d in index.load().items() if "/c/" in k)
+    good = index.path.read_bytes()
+    index.path.write_bytes(good[: len(good) // 2])
+    with _pytest.raises(IntegrityError, match="working index .* is damaged"):
         v.commit("t")
     assert v.refs.get("t") is None
+    index.path.write_bytes(good)
+    v.objects.path(chunk).unlink()
+    with _pytest.raises(IntegrityError, match="write that tensor again"):
+        v.commit("t")
+    assert v.refs.get("t") is None
+    s.write_tensors("x", np.arange(4000, dtype=np.float32).reshape(2000, 2))
+    v.commit("t")
+    np.testing.assert_array_equal(v.specimen("t").tensor("x")[1999], [3998, 3999])

@@ -97,8 +97,9 @@ def test_bad_ids_are_refused_before_writing(vault: Vault, bad: str) -> None:
     assert tree_files(vault.root) == before
 
 
-def test_commit_roundtrip_and_hard_links(vault: Vault, make_specimen) -> None:
+def test_commit_roundtrip_and_separate_inodes(vault: Vault, make_specimen) -> None:
     wd = make_specimen("2024_12_19_a")
+    modes = {p: p.stat().st_mode for p in wd.rglob("*") if p.is_file()}
     c = vault.commit("2024_12_19_a", message="first")
     assert vault.resolve("2024_12_19_a") == c.digest
     assert set(c.tree) == {"field_notes.md", "manifest.msgpack", "protocol.py",
@@ -106,9 +107,12 @@ def test_commit_roundtrip_and_hard_links(vault: Vault, make_specimen) -> None:
     for rel, entry in c.tree.items():
         obj = vault.objects.path(entry.digest)
         assert hash_file(obj) == (entry.digest, entry.size)
-        # Sealing linked the working file into objects/: one inode, no second copy.
-        assert os.stat(obj).st_ino == os.stat(wd / rel).st_ino
+        # Sealing copied the working file: the object's inode has no other name, so no write
+        # through the working directory can reach it, and the working file is left as it was.
+        assert os.stat(obj).st_ino != os.stat(wd / rel).st_ino
+        assert os.stat(obj).st_nlink == 1
         assert os.stat(obj).st_mode & 0o222 == 0
+        assert (wd / rel).stat().st_mode == modes[wd / rel]
     assert hash_bytes(vault.objects.get(c.digest)) == c.digest
     assert vault.read_commit(c.digest) == c
     df = vault.specimen("2024_12_19_a").read_metrics()

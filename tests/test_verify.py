@@ -210,7 +210,7 @@ def _reorder_journal(v: Vault) -> None:
 
 
 def _edit_workdir_in_place(v: Vault) -> None:
-    # The working file IS the object (one inode): editing it in place changes the object too.
+    # An ordinary write into a committed working file (as root, modes stop nothing).
     flip_byte(v.specimen_dir("b") / "strata" / "config.msgpack")
 
 
@@ -239,11 +239,9 @@ def _add_workdir_file(v: Vault) -> None:
 
 # (tamper, expected (kind, specimen, path) problems that must all be reported, full mode only)
 CASES: dict[str, tuple[Callable[[Vault], None], set[tuple[str, str | None, str | None]], bool]] = {
-    "flip_byte": (_flip_tree_object, {("corrupt_object", "a", "strata/config.msgpack"),
-                                      ("workdir_modified", "a", "strata/config.msgpack")}, False),
+    "flip_byte": (_flip_tree_object, {("corrupt_object", "a", "strata/config.msgpack")}, False),
     "flip_tensor_chunk": (_flip_tensor_chunk, {("corrupt_object", "c", None)}, False),
-    "truncate": (_truncate_object, {("size_mismatch", "a", "strata/metrics.parquet"),
-                                    ("workdir_modified", "a", "strata/metrics.parquet")}, True),
+    "truncate": (_truncate_object, {("size_mismatch", "a", "strata/metrics.parquet")}, True),
     "delete_object": (_delete_object, {("missing_object", "a", "field_notes.md")}, True),
     "stray_non_digest": (_stray_non_digest, {("stray_object", None, None)}, True),
     "stray_wrong_content": (_stray_wrong_content, {("stray_object", None, None)}, False),
@@ -268,16 +266,6 @@ CASES: dict[str, tuple[Callable[[Vault], None], set[tuple[str, str | None, str |
     "delete_journal_last": (_delete_journal_last, {("unjournaled_ref", "c", None)}, True),
     "reorder_journal": (_reorder_journal, {("journal_broken", "b", None),
                                            ("journal_broken", "a", None)}, True),
-    "edit_workdir_in_place": (_edit_workdir_in_place,
-                              {("corrupt_object", "b", "strata/config.msgpack"),
-                               ("workdir_modified", "b", "strata/config.msgpack")}, False),
-    "replace_workdir_same_size": (_replace_workdir_file_same_size,
-                                  {("workdir_modified", "b", "field_notes.md")}, False),
-    "replace_workdir_other_size": (_replace_workdir_file_other_size,
-                                   {("workdir_modified", "b", "protocol.py")}, True),
-    "delete_workdir_file": (_delete_workdir_file,
-                            {("workdir_missing", "b", "strata/metrics.parquet")}, True),
-    "add_workdir_file": (_add_workdir_file, {("workdir_extra", "b", "strata/late.txt")}, True),
 }
 
 
@@ -298,7 +286,7 @@ def test_corruption_is_detected_and_named(v: Vault, case: str) -> None:
         assert _matches(found, want), (want, found)
     # Problems only of the kinds this tampering explains: no false positives around it (a
     # tampered ref also leaves the catalog disagreeing with the refs, which is true).
-    allowed = {k for k, _, _ in expected} | {"workdir_modified", "catalog_stale"}
+    allowed = {k for k, _, _ in expected} | {"catalog_stale"}
     assert {k for k, _, _ in found} <= allowed, found
     for p in report.problems:
         assert p.kind in PROBLEM_KINDS and p.message
@@ -325,10 +313,38 @@ def test_corrupt_object_names_digest_and_every_specimen_using_it(tmp_path: Path)
     assert all(p.file == f"objects/{d[:2]}/{d}" for p in hit)
 
 
-def test_workdir_edit_in_place_is_never_accepted_by_a_reader(v: Vault) -> None:
+# Changes to a committed working directory: the sealed bytes are elsewhere, so they are
+# information about drift (exit 0), and the objects stay exactly as sealed.
+WORKDIR_CASES = {
+    "edit_workdir_in_place": (_edit_workdir_in_place, ("workdir_modified", "b", "strata/config.msgpack"), False),
+    "replace_workdir_same_size": (_replace_workdir_file_same_size,
+                                  ("workdir_modified", "b", "field_notes.md"), False),
+    "replace_workdir_other_size": (_replace_workdir_file_other_size,
+                                   ("workdir_modified", "b", "protocol.py"), True),
+    "delete_workdir_file": (_delete_workdir_file, ("workdir_missing", "b", "strata/metrics.parquet"), True),
+    "add_workdir_file": (_add_workdir_file, ("workdir_extra", "b", "strata/late.txt"), True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WORKDIR_CASES))
+def test_working_directory_drift_is_information_and_the_seal_holds(v: Vault, case: str) -> None:
+    tamper, want, quick_detects = WORKDIR_CASES[case]
+    before = {p: p.read_bytes() for p in (v.root / "objects").rglob("*") if p.is_file()}
+    tamper(v)
+    report = v.verify()
+    assert report.ok, report.problems
+    assert _matches([(i.kind, i.specimen, i.path) for i in report.info], want), report.info
+    assert {p: p.read_bytes() for p in (v.root / "objects").rglob("*") if p.is_file()} == before
+    quick = v.verify(quick=True)
+    assert _matches([(i.kind, i.specimen, i.path) for i in quick.info], want) is quick_detects
+    result = CliRunner().invoke(cli, ["--vault", str(v.root), "verify"])
+    assert result.exit_code == 0 and want[0] in result.output, result.output
+
+
+def test_workdir_edit_in_place_never_reaches_a_reader(v: Vault) -> None:
+    sealed = v.specimen("b").read_config()
     _edit_workdir_in_place(v)
-    with pytest.raises(IntegrityError):
-        v.specimen("b").read_config()
+    assert v.specimen("b").read_config() == sealed
 
 
 # -- scope ------------------------------------------------------------------------------------
@@ -636,3 +652,16 @@ def test_gc_keeps_young_temp_files_of_live_writers(v: Vault) -> None:
     stale.mkdir()
     os.utime(stale, (old, old))
     assert v.gc(grace=0).removed_temp == 1 and not stale.exists()  # an hour old: garbage
+
+
+def test_catalog_problems_are_information(vault):
+    """A specimen whose metric column does not fit the catalog's (text where others wrote
+    numbers) is reported, named, and does not fail verify: the catalog is derived data."""
+    for sid, metrics in (("good", {"step": [0, 1], "loss": [1.0, 0.5]}), ("bad", {"step": [0], "loss": ["x"]})):
+        SpecimenStorage(vault.new(sid, domain="training", method="fine_tuning")).write_metrics(metrics)
+        vault.commit(sid)
+    report = vault.verify()
+    assert report.ok
+    found = [f for f in report.info if f.kind == "catalog_problem"]
+    assert [(f.specimen, f.path, f.file) for f in found] == [("bad", "strata/metrics.parquet", "vault.duckdb")]
+    assert "loss" in found[0].message and "VARCHAR" in found[0].message

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, QueryInterruptedError
 from .main import cli, open_vault, vault_option
+from .text import escape
 
 
 @cli.command()
@@ -29,6 +30,15 @@ def index(rebuild: bool, vault_path: str | None) -> None:
     what = "Rebuilt the catalog" if r.rebuilt else "Indexed"
     click.echo(f"{what}: {r.indexed:,} new commits, {r.total:,} specimens in {v.catalog_path} "
                f"({r.seconds:.2f} s)")
+    if r.problems:  # information: the catalog is consistent, these values are just not in it
+        shown = r.problems[:10]
+        click.echo(f"{len(r.problems):,} catalog problem(s): metric values left NULL in `metrics` "
+                   "because their type does not fit the column (SELECT * FROM catalog_problems):")
+        for p in shown:
+            click.echo(f"  {p.specimen_id}: {p.file}.{p.column} is {p.written_type}, "
+                       f"the column is {p.catalog_type}")
+        if len(r.problems) > len(shown):
+            click.echo(f"  ... and {len(r.problems) - len(shown):,} more")
 
 
 @cli.command()
@@ -37,13 +47,17 @@ def index(rebuild: bool, vault_path: str | None) -> None:
               show_default=True, help="Output format (parquet needs --output).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write the result to this file instead of standard output.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Cancel the query if it runs longer than this (exit 124).")
 @vault_option
-def query(sql: str, fmt: str, output: str | None, vault_path: str | None) -> None:
+def query(sql: str, fmt: str, output: str | None, timeout: float | None, vault_path: str | None) -> None:
     """Run one read-only SQL SELECT over the catalog and print the result.
 
-    Tables: catalog, lineage, objects, metrics; views exp_<specimen_id> (quote ids
-    with '-' or '.': "exp_my-id"); table macros ancestors(id), descendants(id).
-    See docs/catalog.md.
+    Tables: catalog, lineage, objects, metrics, catalog_problems; views
+    exp_<specimen_id> (quote ids with '-' or '.': "exp_my-id"); table macros
+    ancestors(id), descendants(id). Queries read the catalog and the vault's own
+    objects only: no other file, no network, no extensions. Ctrl-C cancels a
+    running query (exit 130). See docs/catalog.md.
 
     \b
     Examples:
@@ -51,20 +65,28 @@ def query(sql: str, fmt: str, output: str | None, vault_path: str | None) -> Non
       vault query "SELECT specimen_id, arg_max(loss, step) AS final_loss FROM metrics GROUP BY 1"
       vault query "SELECT * FROM ancestors('2024_12_19_derived')" --format json
       vault query "SELECT * FROM metrics" --format parquet -o all_metrics.parquet
+      vault query "SELECT count(*) FROM metrics" --timeout 30
     """
-    from ..query import render
+    from ..query import VaultQuery, render
 
     if fmt == "parquet" and output is None:
         raise InvalidInputError("--format parquet writes a binary file: add --output FILE.parquet")
     v = open_vault(vault_path)
-    df = v.query(sql)
+    try:
+        df = VaultQuery(v).search(sql, timeout=timeout)
+    except KeyboardInterrupt:
+        raise QueryInterruptedError(
+            "the query was interrupted (Ctrl-C) and cancelled; nothing was written"
+        ) from None
     if fmt == "parquet":
         df.write_parquet(Path(output))  # type: ignore[arg-type]
         click.echo(f"Wrote {df.height:,} rows to {output}", err=True)
         return
     text = render(df, fmt)
     if output is None:
-        click.echo(text)
+        # A table is for people: control characters in cells are shown, not obeyed (csv and
+        # json stay exact, for programs).
+        click.echo(escape(text, keep_newlines=True) if fmt == "table" else text)
     else:
         Path(output).write_text(text + "\n", encoding="utf-8")
         click.echo(f"Wrote {df.height:,} rows to {output}", err=True)

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..errors import IntegrityError
 from .main import cli, echo_json, human_bytes, open_vault, vault_option
+from .interrupt import watch_seal
+from .text import escape
 
 if TYPE_CHECKING:
     from ..commit import TreeEntry
+    from ..vault import LogEntry
+    from ..verify import Finding
 
 
 def _split_tags(value: str | None) -> list[str]:
@@ -74,6 +80,7 @@ def commit(specimen_id: str, message: str, parents: tuple[str, ...], partial: bo
       vault commit 2024_12_19_crashed_run --partial -m "died at step 41k (OOM)"
     """
     v = open_vault(vault_path)
+    watch_seal(v, specimen_id)
     c = v.commit(specimen_id, message=message, parents=list(parents), partial=partial)
     click.echo(c.digest)
 
@@ -86,6 +93,9 @@ def commit(specimen_id: str, message: str, parents: tuple[str, ...], partial: bo
 def log(specimen_id: str | None, as_json: bool, graph: bool, vault_path: str | None) -> None:
     """List committed specimens, newest first; with SPECIMEN_ID, its lineage.
 
+    A commit that cannot be read is listed as damaged after the others (with --json: an entry
+    whose "error" says what is wrong) and the exit status is 1; `vault verify` tells the rest.
+
     \b
     Examples:
       vault log
@@ -95,33 +105,69 @@ def log(specimen_id: str | None, as_json: bool, graph: bool, vault_path: str | N
     if as_json and graph:
         raise click.UsageError("choose one of --json and --graph")
     v = open_vault(vault_path)
-    entries = v.log(specimen_id)
+    damage: list[Finding] = []
+    entries = v.log(specimen_id, on_damage=damage.append)
     if graph:
         from ..graph import render_graph
 
-        for line in render_graph(entries, color=True):
+        for line in render_graph([_shown_entry(e) for e in entries], color=True):
             click.echo(line)
-        return
-    if as_json:
-        echo_json([e.to_dict() for e in entries])
-        return
-    if not entries:
-        click.echo("No committed specimens yet. Try `vault demo`.")
-    for e in entries:
-        c = e.commit
-        click.echo(click.style(f"commit {e.digest}", fg="yellow"))
-        click.echo(f"Specimen: {e.specimen_id}")
-        click.echo(f"Date:     {c.created}")
-        click.echo(f"Author:   {c.author}")
-        tags = ",".join(c.manifest.tags)
-        click.echo(f"Kind:     {c.manifest.domain}/{c.manifest.method}"
-                   + (f"  model={c.manifest.model}" if c.manifest.model else "")
-                   + (f"  tags={tags}" if tags else ""))
-        if c.parents:
-            click.echo(f"Parents:  {' '.join(p[:12] for p in c.parents)}")
-        if c.message:
-            click.echo(f"\n    {c.message}")
-        click.echo("")
+    elif as_json:
+        echo_json([{**e.to_dict(), "error": None, "error_kind": None} for e in entries]
+                  + [_damaged_json(f) for f in damage])
+    else:
+        if not entries and not damage:
+            click.echo("No committed specimens yet. Try `vault demo`.")
+        for e in entries:
+            _echo_entry(e)
+        for f in damage:
+            click.echo(click.style(f"commit {f.digest or '?'}  DAMAGED ({f.kind})", fg="red"))
+            click.echo(f"Specimen: {escape(f.specimen or '?')}")
+            click.echo(f"\n    {escape(f.message)}\n")
+    if damage:
+        shown = ", ".join(escape(f.specimen or f.file or "?") for f in damage[:5])
+        more = f" and {len(damage) - 5} more" if len(damage) > 5 else ""
+        where = "not drawn" if graph else "listed with an error" if as_json else "listed above"
+        raise IntegrityError(
+            f"{len(damage)} entr{'y' if len(damage) == 1 else 'ies'} of the log could not be read "
+            f"({shown}{more}; {where}); the "
+            "others are intact. Run `vault verify` to see everything affected and how to repair it"
+        )
+
+
+def _echo_entry(e: LogEntry) -> None:
+    c = e.commit
+    m = c.manifest
+    click.echo(click.style(f"commit {e.digest}", fg="yellow"))
+    click.echo(f"Specimen: {e.specimen_id}")
+    click.echo(f"Date:     {escape(c.created)}")
+    click.echo(f"Author:   {escape(c.author)}")
+    tags = ",".join(m.tags)
+    click.echo(f"Kind:     {escape(m.domain)}/{escape(m.method)}"
+               + (f"  model={escape(m.model)}" if m.model else "")
+               + (f"  tags={escape(tags)}" if tags else ""))
+    if c.parents:
+        click.echo(f"Parents:  {' '.join(p[:12] for p in c.parents)}")
+    if c.message:
+        # A multi-line message keeps its lines, each indented as git log does.
+        click.echo("\n    " + escape(c.message, keep_newlines=True).replace("\n", "\n    "))
+    click.echo("")
+
+
+def _shown_entry(e: LogEntry) -> LogEntry:
+    """``e`` with a message that is safe to draw in the graph (its first line is the label)."""
+    safe = escape(e.commit.message, keep_newlines=True)
+    if safe == e.commit.message:
+        return e
+    return replace(e, commit=replace(e.commit, message=safe))
+
+
+def _damaged_json(f: Finding) -> dict[str, Any]:
+    """A log entry whose commit cannot be read: every key of an entry, unknown values null."""
+    keys = ("created", "author", "message", "domain", "method", "model", "tags", "parents",
+            "files", "logical_bytes")
+    return {"specimen_id": f.specimen, "commit": f.digest, **dict.fromkeys(keys),
+            "error": f.message, "error_kind": f.kind}
 
 
 @cli.command()
@@ -144,19 +190,20 @@ def show(specimen_id: str, as_json: bool, vault_path: str | None) -> None:
     m = c.manifest
     click.echo(f"specimen  {info.specimen_id}")
     click.echo(f"commit    {info.digest}")
-    click.echo(f"created   {c.created}  by {c.author}")
+    click.echo(f"created   {escape(c.created)}  by {escape(c.author)}")
     if c.message:
-        click.echo(f"message   {c.message}")
-    click.echo(f"domain    {m.domain}    method {m.method}" + (f"    model {m.model}" if m.model else ""))
+        click.echo("message   " + escape(c.message, keep_newlines=True).replace("\n", "\n" + " " * 10))
+    click.echo(f"domain    {escape(m.domain)}    method {escape(m.method)}"
+               + (f"    model {escape(m.model)}" if m.model else ""))
     if m.tags:
-        click.echo(f"tags      {', '.join(m.tags)}")
+        click.echo(f"tags      {escape(', '.join(m.tags))}")
     for d, sid in zip(c.parents, info.parent_ids):
         click.echo(f"parent    {sid or '?'}  {d}")
     if m.metadata:
-        click.echo(f"metadata  {', '.join(sorted(m.metadata))}")
+        click.echo(f"metadata  {escape(', '.join(sorted(m.metadata)))}")
     click.echo(f"bytes     {human_bytes(info.logical_bytes)} logical, {human_bytes(info.unique_bytes)} new unique")
     click.echo(f"files     {len(c.tree)}")
-    rows = _show_rows(c.tree)
+    rows = [(escape(label), kind, size, note) for label, kind, size, note in _show_rows(c.tree)]
     width = max((len(r[0]) for r in rows), default=0)
     for label, kind, size, note in rows:
         click.echo(f"  {label:<{width}}  {kind:<7}  {size:>12,}  {note}")
@@ -206,6 +253,9 @@ def checkout(specimen_id: str, dest: str, vault_path: str | None) -> None:
               help="Where to create the demo vault (default ./demo-vault).")
 def demo(vault_path: str | None) -> None:
     """Create a demo vault, run the shipped example specimen, commit it, and say what to try.
+
+    The target must be missing, an empty directory, or a vault an earlier `vault demo` made
+    (it holds demo.txt); anything else is refused (exit 2) and left untouched.
 
     \b
     Example:

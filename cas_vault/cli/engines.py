@@ -14,15 +14,15 @@ from .main import cli, open_vault, vault_option
 @click.option("--sae", "sae_id", default=None, help="Committed SAE specimen (tensors W_enc, b_enc, W_dec, b_dec[, threshold]).")
 @click.option("--sae-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SAE weights in a .npz or .safetensors file instead of a specimen.")
-@click.option("--sae-lens", default=None, metavar="RELEASE:SAE_ID",
-              help="A pretrained SAE loaded with sae_lens (if installed), e.g. "
-                   "gemma-scope-2b-pt-res-canonical:layer_12/width_16k/canonical.")
 @click.option("--tensor", default="activations", show_default=True, help="Activations tensor in ACTIVATIONS_ID.")
 @click.option("--id", "new_id", default=None,
-              help="Id of the derived specimen (default: ACTIVATIONS_ID__spectro_<hash of inputs and options>).")
+              help="Id of the derived specimen (default: ACTIVATIONS_ID__spectro_<hash of inputs, options, "
+                   "chunk rows and numeric environment>).")
 @click.option("--pairs", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Input pairs for drift/absorption: CSV with header a,b or JSON [[a, b], ...].")
-@click.option("--random-pairs", type=click.IntRange(min=0), default=0, help="Score this many seeded random pairs instead.")
+@click.option("--random-pairs", type=click.IntRange(min=0), default=0,
+              help="Score this many seeded random pairs instead (at most 1,000,000, and N*(N-1) "
+                   "for N inputs).")
 @click.option("--keep-bos", is_flag=True, help="Analyse position 0 too (default: excluded).")
 @click.option("--min-activation", type=float, default=1e-6, show_default=True, help="Absolute activity threshold.")
 @click.option("--min-activation-rel", type=float, default=0.0, show_default=True,
@@ -36,14 +36,15 @@ from .main import cli, open_vault, vault_option
 @click.option("--top-k", type=click.IntRange(min=1), default=100, show_default=True, help="Top set size for drift.")
 @click.option("--layer", type=click.IntRange(min=0), default=None, help="Model layer (default: from the activations' metadata).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of random choices.")
-@click.option("--chunk-tokens", type=click.IntRange(min=1), default=None, help="Token rows per block (memory bound).")
+@click.option("--chunk-tokens", type=click.IntRange(min=1), default=None,
+              help="Token rows per block (memory bound; part of the default id, since BLAS may round "
+                   "another blocking differently).")
 @click.option("--dask", "use_dask", is_flag=True, help="Compute blocks as dask tasks (needs cas-vault[dask]).")
 @click.option("--dask-scheduler", default=None, metavar="ADDRESS",
               help="Run the dask tasks on this dask.distributed scheduler, e.g. tcp://host:8786 (implies --dask).")
 @click.option("-m", "--message", default=None, help="Commit message (default: a summary).")
 @vault_option
-def spectroscopy(activations_id: str, sae_id: str | None, sae_file: Path | None,
-                 sae_lens: str | None, tensor: str,
+def spectroscopy(activations_id: str, sae_id: str | None, sae_file: Path | None, tensor: str,
                  new_id: str | None, pairs: Path | None, random_pairs: int, keep_bos: bool,
                  min_activation: float, min_activation_rel: float, absorption_threshold: float,
                  absorption_rel: float, absorption_ratio: float, top_k: int, layer: int | None,
@@ -63,10 +64,10 @@ def spectroscopy(activations_id: str, sae_id: str | None, sae_file: Path | None,
     """
     from ..engines.spectroscopy.engine import SpectroscopyOptions
 
-    given = [s for s in (sae_id, sae_file, sae_lens) if s is not None]
+    given = [s for s in (sae_id, sae_file) if s is not None]
     if len(given) != 1:
-        raise click.UsageError("give exactly one of --sae SAE_ID, --sae-file PATH or --sae-lens RELEASE:SAE_ID")
-    sae = sae_file if sae_file is not None else (f"sae_lens:{sae_lens}" if sae_lens is not None else sae_id)
+        raise click.UsageError("give exactly one of --sae SAE_ID or --sae-file PATH")
+    sae = sae_file if sae_file is not None else sae_id
     options = SpectroscopyOptions(
         keep_bos=keep_bos, min_activation=min_activation, min_activation_rel=min_activation_rel,
         top_k=top_k, absorption_threshold=absorption_threshold, absorption_rel=absorption_rel,

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from .main import cli, echo_json, human_bytes, open_vault, vault_option
+from .text import escape
 
 
 class _Bar:
@@ -66,10 +67,10 @@ def verify(
     else:
         for p in report.problems:
             where = " ".join(x for x in (p.specimen, p.path) if x) or p.file or ""
-            click.echo(click.style(f"problem  {p.kind:<17}", fg="red") + f" {where}")
-            click.echo(f"         {p.message}")
+            click.echo(click.style(f"problem  {p.kind:<17}", fg="red") + f" {escape(where)}")
+            click.echo(f"         {escape(p.message)}")
         for i in report.info:
-            click.echo(f"info     {i.kind:<17} {i.message}")
+            click.echo(f"info     {i.kind:<17} {escape(i.message)}")
         verdict = (click.style("OK", fg="green") if report.ok
                    else click.style(f"{len(report.problems)} problem(s)", fg="red"))
         click.echo(
@@ -117,3 +118,8 @@ def gc(dry_run: bool, grace: str, as_json: bool, vault_path: str | None) -> None
         )
     if report.kept_temp:
         click.echo(f"Kept {report.kept_temp} temp file(s) that a running process may still write")
+    if report.unshared_objects:
+        click.echo(
+            f"{'Would give' if dry_run else 'Gave'} {report.unshared_objects} sealed object(s) an "
+            "inode of their own: another path named them, so a write there would have changed them"
+        )

@@ -3,7 +3,8 @@
 Exit codes: 0 ok; 1 a check found problems (:class:`IntegrityError`); 2 bad input or usage
 (every other :class:`VaultError`, click usage errors, OS errors such as permissions); 3 a
 protocol run by ``vault run`` failed (:class:`RunFailedError`, nothing committed); 70 an
-internal error (a bug in cas-vault, ``EX_SOFTWARE`` of sysexits.h); 130 interrupted; 141 the
+internal error (a bug in cas-vault, ``EX_SOFTWARE`` of sysexits.h); 124 a query ran past its
+``--timeout`` (:class:`QueryTimeoutError`, as GNU ``timeout``); 130 interrupted (Ctrl-C); 141 the
 reader of standard output went away (``vault log | head -1``), as for any Unix tool killed by
 SIGPIPE, without a message. Errors are printed as ``error: <what was wrong and what to do>``,
 never as a traceback; set ``CAS_VAULT_DEBUG=1`` to see one.
@@ -22,6 +23,7 @@ from typing import Any
 import click
 
 from ..errors import VaultError
+from .text import escape
 
 __all__ = ["cli", "echo_json", "human_bytes", "main", "open_vault", "vault_option"]
 
@@ -59,7 +61,9 @@ class VaultGroup(click.Group):
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             _fail(f"{exc.strerror or exc}{where}; check the path, its permissions and free space", 2)
         except KeyboardInterrupt:
-            _fail("interrupted; nothing half-written was kept (temp files are cleaned by `vault gc`)", 130)
+            from .interrupt import interrupt_message
+
+            _fail(interrupt_message(ctx), 130)
         except Exception as exc:  # a bug: say so plainly, without a traceback
             if os.environ.get("CAS_VAULT_DEBUG"):
                 raise
@@ -71,7 +75,7 @@ class VaultGroup(click.Group):
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {escape(message, keep_newlines=True)}", err=True)
     sys.exit(code)
 
 
@@ -122,7 +126,14 @@ def open_vault(vault_path: str | None) -> Any:
 
 def echo_json(value: Any) -> None:
     """Print ``value`` as stable, sorted, indented JSON."""
-    click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=True))
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=True)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A file name that is not UTF-8 arrives as lone surrogates, which no UTF-8 output can
+        # hold: escape them as JSON does (\udcff); json.loads and os.fsencode give the bytes back.
+        text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=True, allow_nan=True)
+    click.echo(text)
 
 
 def human_bytes(n: int) -> str:

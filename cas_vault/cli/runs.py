@@ -6,7 +6,9 @@ from typing import Any
 
 import click
 
+from .interrupt import watch_seal
 from .main import cli, echo_json, open_vault, vault_option
+from .text import escape
 
 _MAX_SHOWN = 40
 
@@ -40,6 +42,7 @@ def run(specimen_id: str, args: tuple[str, ...], message: str, timeout: float | 
     args_list = list(args)
     if args_list[:1] == ["--"]:  # parsing stopped at SPECIMEN_ID, so click kept the `--`
         args_list = args_list[1:]
+    watch_seal(v, specimen_id)
     result = v.run(specimen_id, args_list, message=message, output=output, timeout=timeout)
     p = result.provenance
     seeds = ", ".join(str(s["seed"]) for s in p["seeds"]) or "none recorded"
@@ -61,7 +64,9 @@ def import_legacy(path: str, as_json: bool, vault_path: str | None) -> None:
     specimens/<id>/ becomes specimen <id>; each runs/<YYYYMMDD_HHMMSS>/ becomes
     <id>.run_<YYYYMMDD_HHMMSS> with parent <id>. Problems (missing or corrupt manifests,
     domains outside the taxonomy) are listed and the rest is still imported; the exit status
-    is then 1. Importing again adds nothing.
+    is then 1. No link below PATH is followed: a specimen or run holding a symbolic link or a
+    special file (FIFO, socket, device) is not imported, and each such path is listed as
+    refused. Importing again adds nothing.
 
     \b
     Example:
@@ -73,19 +78,24 @@ def import_legacy(path: str, as_json: bool, vault_path: str | None) -> None:
         echo_json(report.to_dict())
     else:
         for item in report.imported:
-            click.echo(f"imported  {item.specimen_id}  {item.commit[:16]}  from {item.source}")
+            click.echo(f"imported  {item.specimen_id}  {item.commit[:16]}  from {escape(item.source)}")
         if report.already:
             click.echo(f"already imported: {len(report.already)} specimen(s), left as they are")
         for prob in report.problems:
-            click.echo(f"problem   {prob.source}: {prob.message}", err=True)
+            click.echo(f"problem   {escape(prob.source)}: {escape(prob.message)}", err=True)
+        for ref in report.refused:
+            kept = f" (kept {ref.specimen_id} out)" if ref.specimen_id else ""
+            click.echo(f"refused   {escape(ref.path)}: {escape(ref.reason)}{kept}", err=True)
+        refused = f", {len(report.refused)} path(s) refused" if report.refused else ""
         click.echo(f"{len(report.imported)} imported, {len(report.already)} already there, "
-                   f"{len(report.problems)} problem(s)")
+                   f"{len(report.problems)} problem(s){refused}")
     if report.problems:
         click.get_current_context().exit(1)
 
 
 def _short(value: Any, width: int = 60) -> str:
-    text = repr(value) if not isinstance(value, str) else value
+    # repr() already escapes control characters inside containers and non-str values.
+    text = repr(value) if not isinstance(value, str) else escape(value)
     if len(text) <= width:
         return text
     head = (width - 3) // 2  # keep both ends: paths and versions differ at either
@@ -97,12 +107,13 @@ def _echo_changes(title: str, changes: list[Any]) -> None:
         return
     click.echo(f"{title}:")
     for c in changes[:_MAX_SHOWN]:
+        key = escape(c.key)
         if c.only_in == "b":
-            click.echo(click.style(f"  + {c.key}: {_short(c.b)}", fg="green"))
+            click.echo(click.style(f"  + {key}: {_short(c.b)}", fg="green"))
         elif c.only_in == "a":
-            click.echo(click.style(f"  - {c.key}: {_short(c.a)}", fg="red"))
+            click.echo(click.style(f"  - {key}: {_short(c.a)}", fg="red"))
         else:
-            click.echo(f"  ~ {c.key}: {_short(c.a, 40)} -> {_short(c.b, 40)}")
+            click.echo(f"  ~ {key}: {_short(c.a, 40)} -> {_short(c.b, 40)}")
     if len(changes) > _MAX_SHOWN:
         click.echo(f"  ... {len(changes) - _MAX_SHOWN} more (see --json)")
 
@@ -139,19 +150,19 @@ def diff(a: str, b: str, as_json: bool, vault_path: str | None) -> None:
     click.echo(f"files: {len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed, "
                f"{d.unchanged} unchanged")
     for p in d.added:
-        click.echo(click.style(f"  + {p}", fg="green"))
+        click.echo(click.style(f"  + {escape(p)}", fg="green"))
     for p in d.removed:
-        click.echo(click.style(f"  - {p}", fg="red"))
+        click.echo(click.style(f"  - {escape(p)}", fg="red"))
     for p in d.changed:
-        click.echo(f"  ~ {p}")
+        click.echo(f"  ~ {escape(p)}")
     if d.metrics:
         click.echo("metrics (A -> B):")
-        width = max(len(m.metric) for m in d.metrics)
+        width = max(len(escape(m.metric)) for m in d.metrics)
         for m in d.metrics:
             mark = "~" if m.changed else "="
-            where = "" if m.file == "strata/metrics.parquet" else f"  [{m.file}]"
+            where = "" if m.file == "strata/metrics.parquet" else f"  [{escape(m.file)}]"
             click.echo(
-                f"  {mark} {m.metric:<{width}}  final {_num(m.a['final'])} -> {_num(m.b['final'])}"
+                f"  {mark} {escape(m.metric):<{width}}  final {_num(m.a['final'])} -> {_num(m.b['final'])}"
                 f"  min {_num(m.a['min'])} -> {_num(m.b['min'])}"
                 f"  max {_num(m.a['max'])} -> {_num(m.b['max'])}{where}"
             )
@@ -177,8 +188,8 @@ def plot(metric: str, specimen_ids: tuple[str, ...], where: str | None, output: 
     v = open_vault(vault_path)
     result = v.plot(metric, list(specimen_ids), where=where, output=output, log_y=log_y)
     for sid, why in result.skipped.items():
-        click.echo(f"skipped {sid}: {why}", err=True)
-    click.echo(f"Wrote {result.path} ({len(result.plotted)} specimen(s): {', '.join(result.plotted)})")
+        click.echo(f"skipped {sid}: {escape(why)}", err=True)
+    click.echo(f"Wrote {escape(result.path)} ({len(result.plotted)} specimen(s): {', '.join(result.plotted)})")
 
 
 @cli.command()
@@ -197,4 +208,4 @@ def note(specimen_id: str, text: str, vault_path: str | None) -> None:
     """
     v = open_vault(vault_path)
     path = v.note(specimen_id, text)
-    click.echo(f"Added a note to {path}")
+    click.echo(f"Added a note to {escape(path)}")

@@ -10,12 +10,13 @@ specimen whose parents are the activations and the SAE specimens (docs/spectrosc
 
 Modules, one concept each:
 
-- :mod:`.sae`: SAE weights and their loaders (specimen, .npz, .safetensors, sae_lens);
+- :mod:`.sae`: SAE weights and their loaders (specimen, .npz, .safetensors);
 - :mod:`.encode`: float32 encode/decode (JumpReLU and ReLU), chunk by chunk;
 - :mod:`.spectrum`: per-block partial statistics, spectra and per-input metrics;
 - :mod:`.scores`: purity, top-k concentration, drift and absorption (vectorised);
 - :mod:`.engine`: orchestration with bounded memory, and the derived specimen;
-- :mod:`.distributed`: the same computation over dask arrays (dask.distributed).
+- :mod:`.distributed`: the same computation over dask arrays (dask.distributed);
+- :mod:`.numerics`: the numeric environment that enters the analysis id, and the tolerance.
 
 Everything numeric is numpy float32; torch and TransformerLens are never imported.
 """

@@ -10,14 +10,21 @@ Pass ``scheduler="dask"`` (dask's current scheduler: a dask.distributed Client i
 active, else threads), a scheduler address (``tcp://host:8786``; a client is opened for the run
 and closed after it) or a ``dask.distributed.Client``. Needs the ``dask`` extra. Workers must
 see the vault's directory at the same path (a shared filesystem), since they read the chunks.
+
+The workers' BLAS does the arithmetic, so :func:`environments` asks them for their numeric
+environment (dask's nanny starts workers with one BLAS thread, unlike this process): that, not
+this process's, is what the analysis id and the manifest record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from ... import canonical
 from ...errors import InvalidInputError
+from . import numerics
 from .spectrum import BlockPartial, Thresholds, block_partial
 
 if TYPE_CHECKING:
@@ -27,7 +34,7 @@ if TYPE_CHECKING:
     from .engine import Analysis, Block, SpectroscopyOptions
     from .sae import SAE
 
-__all__ = ["analyse_dask", "dask_partials"]
+__all__ = ["analyse_dask", "connect", "dask_partials", "environments"]
 
 
 def _partial(x: np.ndarray, encoder: Encoder, thresholds: Thresholds, n0: int, t0: int) -> BlockPartial:
@@ -102,6 +109,17 @@ def analyse_dask(
     Raises:
         InvalidInputError: if dask is not installed, or as :func:`~.engine.analyse`.
     """
+    from .engine import analyse
+
+    with connect(scheduler) as client:
+        def produce(blocks: Sequence[Block], arr: Any, encoder: Encoder, thresholds: Thresholds,
+                    first: int) -> Iterator[BlockPartial]:
+            return dask_partials(blocks, arr, encoder, thresholds, first, client=client, window=window)
+
+        return analyse(array, sae, options, pairs, partials=produce)
+
+
+def _require_dask() -> None:
     try:
         import dask  # noqa: F401
         import dask.array  # noqa: F401
@@ -109,8 +127,24 @@ def analyse_dask(
         raise InvalidInputError(
             "the dask path needs dask: pip install 'cas-vault[dask]' (or run without --dask)"
         ) from None
-    from .engine import analyse
 
+
+@contextmanager
+def connect(scheduler: Any) -> Iterator[Any]:
+    """The dask.distributed Client a run uses, open for the duration of the block.
+
+    Args:
+        scheduler: ``"dask"`` (the Client dask currently uses, if any), a scheduler address
+            (a Client is opened here and closed on exit) or a dask.distributed Client.
+
+    Yields:
+        The Client, or None when dask computes in this process (threads or processes).
+
+    Raises:
+        InvalidInputError: if dask is not installed, the scheduler is neither of those, or the
+            address cannot be reached.
+    """
+    _require_dask()
     own_client = None
     if isinstance(scheduler, str) and scheduler != "dask":
         if "://" not in scheduler:
@@ -128,14 +162,39 @@ def analyse_dask(
             own_client = Client(scheduler, timeout="20s")
         except OSError as exc:
             raise InvalidInputError(f"cannot reach the dask scheduler at {scheduler} ({exc})") from None
-    client = own_client if own_client is not None else (None if isinstance(scheduler, str) else scheduler)
-
-    def produce(blocks: Sequence[Block], arr: Any, encoder: Encoder, thresholds: Thresholds,
-                first: int) -> Iterator[BlockPartial]:
-        return dask_partials(blocks, arr, encoder, thresholds, first, client=client, window=window)
-
+    client = own_client if own_client is not None else (
+        _current_client() if isinstance(scheduler, str) else scheduler)
     try:
-        return analyse(array, sae, options, pairs, partials=produce)
+        yield client
     finally:
         if own_client is not None:
             own_client.close()
+
+
+def _current_client() -> Any:
+    """The dask.distributed Client ``dask.compute`` would use now, or None for a local scheduler."""
+    import dask.base
+
+    try:
+        from distributed import Client
+    except ImportError:
+        return None
+    owner = getattr(dask.base.get_scheduler(), "__self__", None)
+    return owner if isinstance(owner, Client) else None
+
+
+def environments(client: Any) -> list[dict[str, Any]]:
+    """The distinct numeric environments the blocks of a run are computed in, in a fixed order.
+
+    Args:
+        client: a dask.distributed Client (its workers' environments, asked now; a worker that
+            joins later is not known), or None (dask computes in this process).
+
+    Returns:
+        One :func:`~.numerics.numeric_environment` per distinct environment.
+    """
+    if client is None:
+        return [numerics.numeric_environment()]
+    found = client.run(numerics.numeric_environment).values()
+    distinct = {canonical.packb(env): env for env in found}
+    return [distinct[k] for k in sorted(distinct)]

@@ -6,6 +6,10 @@ from the vault): it reads one block at a time, so memory is bounded by a few blo
 inputs in a vault, runs :func:`analyse` (or its dask twin) and commits the results as a new
 specimen whose parents are the activations and the SAE specimens. Nothing is written unless
 the whole analysis succeeded.
+
+The id of an analysis names everything that decides its bits: the inputs, the options, the
+token rows per block actually used and the numeric environment (:mod:`.numerics`), so the same
+id always holds the same numbers and a run that could round differently gets a new id.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import platform
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +26,7 @@ from ... import canonical
 from ...digest import hash_bytes
 from ...errors import AlreadyExistsError, ImmutableError, InvalidInputError, NotFoundError
 from ...ids import MAX_ID_LENGTH, validate_id
-from . import ENGINE_NAME, ENGINE_VERSION
+from . import ENGINE_NAME, ENGINE_VERSION, numerics
 from .encode import Encoder, default_chunk_rows
 from .sae import SAE, load_sae
 from .scores import Spectra, pair_scores
@@ -37,9 +42,11 @@ if TYPE_CHECKING:
 __all__ = [
     "Analysis",
     "Block",
+    "MAX_RANDOM_PAIRS",
     "SpectroscopyOptions",
     "SpectroscopyResult",
     "analyse",
+    "chunk_rows",
     "default_specimen_id",
     "load_pairs",
     "open_tensor",
@@ -49,6 +56,12 @@ __all__ = [
 
 #: (first input, end input, first token, end token); tokens count from the first analysed position.
 Block = tuple[int, int, int, int]
+#: Most random pairs one analysis scores. Drift lies in [0, 1], so the mean over P pairs has a
+#: standard error of at most 0.5 / sqrt(P): 0.0005 at a million pairs, finer than any figure
+#: the engine reports. Each pair costs a drift row plus up to d_sae absorption rows, so more
+#: pairs only add memory (a hundred million took 21.7 GB). Also never more than N * (N - 1),
+#: the distinct ordered pairs of N inputs, past which draws can only repeat pairs.
+MAX_RANDOM_PAIRS = 1_000_000
 #: Produces the partials of ``blocks`` in order: ``(blocks, reader-or-array, encoder, thresholds)``.
 PartialsFn = Callable[..., Iterable[BlockPartial]]
 
@@ -66,11 +79,13 @@ class SpectroscopyOptions:
         absorption_threshold: absolute per-token intensity a line needs to count in absorption.
         absorption_rel: relative threshold, fraction of the input's strongest line.
         absorption_ratio: a strong line is absorbed if it falls below this fraction.
-        random_pairs: if > 0 (and no pairs are given), score this many pairs drawn with ``seed``.
+        random_pairs: if > 0 (and no pairs are given), score this many pairs drawn with ``seed``;
+            at most :data:`MAX_RANDOM_PAIRS` and N * (N - 1) for N inputs.
         seed: seed of every random choice the engine makes (only ``random_pairs`` today).
         layer: the model layer the activations come from (0 is a layer, not "unset"); by
             default taken from the activations specimen's metadata or config key ``layer``.
-        chunk_tokens: token rows per block (default: ~64 MiB of features per block).
+        chunk_tokens: token rows per block (default: ~16 MiB of features per block). BLAS may
+            round a differently blocked matmul differently, so the rows used enter the id.
         token_metrics: also write per-token statistics (``strata/tokens.parquet``).
     """
 
@@ -109,6 +124,12 @@ class SpectroscopyOptions:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise InvalidInputError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if self.random_pairs > MAX_RANDOM_PAIRS:
+            raise InvalidInputError(
+                f"random_pairs is {self.random_pairs:,}, above the limit of {MAX_RANDOM_PAIRS:,}: "
+                "a million random pairs already give the mean drift to within 0.0005, and every "
+                "pair costs memory; pass fewer, or list the pairs you need with --pairs FILE"
+            )
         if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0):
             raise InvalidInputError(f"layer must be an integer >= 0 (0 is the first layer), got {self.layer!r}")
         if self.chunk_tokens is not None and (not isinstance(self.chunk_tokens, int) or self.chunk_tokens < 1):
@@ -174,6 +195,11 @@ class SpectroscopyResult:
 
 
 # -- blocks ------------------------------------------------------------------------------------
+def chunk_rows(options: SpectroscopyOptions, sae: SAE) -> int:
+    """Token rows per block: ``options.chunk_tokens``, or the default for the SAE's widths."""
+    return options.chunk_tokens or default_chunk_rows(sae.d_sae, sae.d)
+
+
 def plan_blocks(n_inputs: int, n_tokens: int, chunk_rows: int) -> list[Block]:
     """Split [n_inputs, n_tokens] into blocks of at most ``chunk_rows`` token rows.
 
@@ -256,8 +282,8 @@ def analyse(
     pairs = resolve_pairs(pairs, N, options)
     first = 0 if options.keep_bos else 1
     n_tok = max(0, T - first)
-    chunk_rows = options.chunk_tokens or default_chunk_rows(sae.d_sae, d)
-    blocks = plan_blocks(N, n_tok, chunk_rows)
+    rows = chunk_rows(options, sae)
+    blocks = plan_blocks(N, n_tok, rows)
     encoder = Encoder(sae)
     acc = Accumulator(sae.d_sae, d, T, first)
     results: list[InputResult | None] = [None] * N
@@ -279,7 +305,7 @@ def analyse(
             absorption_rel=options.absorption_rel, absorption_ratio=options.absorption_ratio,
         )
         drift, absorption = pl.DataFrame(dcols), pl.DataFrame(acols)
-    return Analysis(metrics, spectra_df, tokens, drift, absorption, (N, T, d), chunk_rows, len(blocks))
+    return Analysis(metrics, spectra_df, tokens, drift, absorption, (N, T, d), rows, len(blocks))
 
 
 def _tables(
@@ -370,7 +396,8 @@ def resolve_pairs(pairs: Any, n_inputs: int, options: SpectroscopyOptions) -> np
     """Validate explicit pairs against ``n_inputs``, or draw ``options.random_pairs`` seeded pairs.
 
     Raises:
-        InvalidInputError: out-of-range or malformed pairs, or both kinds requested.
+        InvalidInputError: out-of-range or malformed pairs, both kinds requested, or more random
+            pairs than :data:`MAX_RANDOM_PAIRS` or the inputs' distinct ordered pairs.
     """
     import numpy as np
 
@@ -381,6 +408,14 @@ def resolve_pairs(pairs: Any, n_inputs: int, options: SpectroscopyOptions) -> np
             return None
         if n_inputs < 2:
             raise InvalidInputError(f"random pairs need at least 2 inputs, the activations have {n_inputs}")
+        options.validate()  # the fixed limit, before anything is drawn
+        distinct = n_inputs * (n_inputs - 1)
+        if options.random_pairs > distinct:
+            raise InvalidInputError(
+                f"random_pairs is {options.random_pairs:,}, but {n_inputs} inputs make only "
+                f"{distinct:,} distinct ordered pairs (more draws can only repeat them); pass at "
+                f"most {distinct:,}, or list the pairs you want with --pairs FILE"
+            )
         rng = np.random.default_rng(options.seed)
         a = rng.integers(0, n_inputs, options.random_pairs)
         b = (a + rng.integers(1, n_inputs, options.random_pairs)) % n_inputs  # never a == b
@@ -412,7 +447,18 @@ def open_tensor(spec: CommittedSpecimen, name: str) -> zarr.Array:
 
 
 def default_specimen_id(activations_id: str, key: dict[str, Any]) -> str:
-    """``<activations_id>__spectro_<10 hex of BLAKE3(key)>``, the activations id shortened to fit 128."""
+    """``<activations_id>__spectro_<10 hex of BLAKE3(key)>``, the activations id shortened to fit 128.
+
+    Args:
+        activations_id: the activations specimen.
+        key: everything that decides the analysis' bits (see :func:`run_spectroscopy`).
+
+    Returns:
+        The id.
+
+    Raises:
+        InvalidInputError: if ``activations_id`` holds characters an id may not.
+    """
     suffix = f"__spectro_{hash_bytes(canonical.packb(key))[:10]}"
     return validate_id(activations_id[: MAX_ID_LENGTH - len(suffix)] + suffix)
 
@@ -473,7 +519,9 @@ def run_spectroscopy(
     Raises:
         NotFoundError: missing specimens, tensors or files.
         InvalidInputError: bad shapes, options, pairs or ids.
-        AlreadyExistsError/ImmutableError: the target id exists (nothing is recomputed).
+        AlreadyExistsError/ImmutableError: the target id exists (nothing is recomputed). A
+            default id exists exactly when this analysis, with the same chunk rows and numeric
+            environment, is stored already.
     """
     options = (options or SpectroscopyOptions()).validate()
     if new_id is not None:
@@ -491,31 +539,48 @@ def run_spectroscopy(
     pairs_arr = resolve_pairs(pairs, N, options)  # validate before any work
     if pairs_arr is not None and pairs_info is None:
         pairs_info = {"digest": hash_bytes(pairs_arr.astype("<i8").tobytes())}
-    key = {
-        "engine": ENGINE_VERSION, "activations": spec.commit.digest, "tensor": tensor,
-        "sae": sae_obj.digest, "pairs": (pairs_info or {}).get("digest"),
-        "options": {k: v for k, v in options.to_dict().items() if k != "chunk_tokens"},
-    }
-    new_id = new_id or default_specimen_id(activations_id, key)
-    existing = vault.refs.get(new_id)
-    if existing is not None:
-        raise ImmutableError(
-            f"specimen {new_id} is already committed ({existing}); it holds this analysis already "
-            "(same inputs and options): read it with `vault show`, or pass --id NEW_ID for a copy"
-        )
-    if vault.specimen_dir(new_id).exists():
-        raise AlreadyExistsError(
-            f"specimen {new_id} already has a working directory at {vault.specimen_dir(new_id)}; "
-            "remove it or pass --id NEW_ID"
-        )
-    # The pairs are drawn already: analyse() gets them as explicit pairs.
-    run_options = replace(options, random_pairs=0)
-    if scheduler is None:
-        analysis = analyse(array, sae_obj, run_options, pairs_arr)
-    else:
-        from .distributed import analyse_dask
+    # The effective rows, not the request: chunk_tokens=None and the default value compute the
+    # same blocks, so they must share an id.
+    rows = chunk_rows(options, sae_obj)
+    with ExitStack() as stack:
+        # The environment is where the matmuls run: this process, or the dask workers (asked
+        # through the client that then runs the analysis).
+        client = None
+        if scheduler is None:
+            numeric = {"executor": "local", "environments": [numerics.numeric_environment()]}
+        else:
+            from .distributed import connect, environments
 
-        analysis = analyse_dask(array, sae_obj, run_options, pairs_arr, scheduler=scheduler)
+            client = stack.enter_context(connect(scheduler))
+            numeric = {"executor": "dask", "environments": environments(client)}
+        key = {
+            "engine": ENGINE_VERSION, "activations": spec.commit.digest, "tensor": tensor,
+            "sae": sae_obj.digest, "pairs": (pairs_info or {}).get("digest"),
+            "options": {**options.to_dict(), "chunk_tokens": rows}, "numerics": numeric,
+        }
+        derived = new_id is None
+        new_id = new_id or default_specimen_id(activations_id, key)
+        existing = vault.refs.get(new_id)
+        if existing is not None:
+            same = ("it holds this analysis already (same inputs, options, chunk_tokens and numeric "
+                    "environment, so the same numbers): read it with `vault show`, or pass --id NEW_ID "
+                    "for a copy") if derived else "pass another --id NEW_ID"
+            raise ImmutableError(f"specimen {new_id} is already committed ({existing}); {same}")
+        if vault.specimen_dir(new_id).exists():
+            raise AlreadyExistsError(
+                f"specimen {new_id} already has a working directory at {vault.specimen_dir(new_id)}; "
+                "remove it or pass --id NEW_ID"
+            )
+        # The pairs are drawn already: analyse() gets them as explicit pairs; the rows are the
+        # ones in the key.
+        run_options = replace(options, random_pairs=0, chunk_tokens=rows)
+        if scheduler is None:
+            analysis = analyse(array, sae_obj, run_options, pairs_arr)
+        else:
+            from .distributed import analyse_dask
+
+            analysis = analyse_dask(array, sae_obj, run_options, pairs_arr,
+                                    scheduler="dask" if client is None else client)
     layer = _layer(spec, options)
     metadata: dict[str, Any] = {
         "engine": {"name": ENGINE_NAME, "version": ENGINE_VERSION,
@@ -533,7 +598,7 @@ def run_spectroscopy(
         },
         "dtypes": {"activations": str(array.dtype), "compute": "float32", "accumulate": "float64",
                    "spectra": "float32"},
-        "seed": options.seed, "layer": layer, "chunk_tokens": analysis.chunk_rows,
+        "seed": options.seed, "layer": layer, "chunk_tokens": analysis.chunk_rows, "numerics": numeric,
         "n_inputs": N, "seq_len": T, "d": d,
         "pairs": None if pairs_arr is None else {**(pairs_info or {}), "n": int(pairs_arr.shape[0]),
                                                  "random": bool(options.random_pairs)},
@@ -570,7 +635,9 @@ def _write(vault: Vault, new_id: str, wd: Path, analysis: Analysis, options: Spe
     if analysis.drift is not None and analysis.absorption is not None:
         storage.write_metrics(analysis.drift, "drift")
         storage.write_metrics(analysis.absorption, "absorption")
-    storage.write_config({**options.to_dict(), "chunk_tokens": analysis.chunk_rows}, "config")
+    # The rows used, not the request: protocol.py re-runs with the same blocking.
+    used = replace(options, chunk_tokens=analysis.chunk_rows)
+    storage.write_config(used.to_dict(), "config")
     acts, sae = metadata["activations"], metadata["sae"]
     if sae.get("specimen_id"):
         sae_arg = repr(sae["specimen_id"])
@@ -581,7 +648,7 @@ def _write(vault: Vault, new_id: str, wd: Path, analysis: Analysis, options: Spe
         pairs_arg = f'vault.specimen("{new_id}").read_metrics("drift").select("a", "b").to_numpy()'
     (wd / "protocol.py").write_text(_PROTOCOL.format(
         new_id=new_id, acts=acts["specimen_id"], tensor=acts["tensor"], sae=sae_arg,
-        options="".join(f"\n        {k}={v!r}," for k, v in options.to_dict().items()), pairs=pairs_arg,
+        options="".join(f"\n        {k}={v!r}," for k, v in used.to_dict().items()), pairs=pairs_arg,
     ))
     m = analysis.metrics
     lines = [f"# Field notes: {new_id}", "",
@@ -606,7 +673,9 @@ def _fmt(v: Any) -> str:
 _PROTOCOL = '''"""Derived specimen {new_id}: written by the cas-vault spectroscopy engine, not by hand.
 
 It was computed from committed specimens only (its parents, plus the SAE named below), so
-running this file re-runs the same analysis into a new specimen id for comparison.
+running this file re-runs the same analysis into a new specimen id for comparison: bit for bit
+in the same numeric environment (metadata.numerics in the manifest), otherwise equal within
+cas_vault.engines.spectroscopy.numerics.RTOL.
 """
 
 from pathlib import Path

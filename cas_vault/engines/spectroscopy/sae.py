@@ -5,8 +5,10 @@ a JumpReLU SAE, ``threshold`` [d_sae] (a plain ReLU SAE has none). Loaders:
 
 - :func:`load_sae_from_specimen`: tensors of a committed specimen (read through the vault);
 - :func:`load_sae_npz`: a ``.npz`` file with those names (Gemma Scope's ``params.npz`` layout);
-- :func:`load_sae_safetensors`: a ``.safetensors`` file, via ``safetensors.numpy`` (extra ``sae``);
-- :func:`load_sae_lens`: a pretrained SAE through sae_lens, when sae_lens is installed.
+- :func:`load_sae_safetensors`: a ``.safetensors`` file, via ``safetensors.numpy`` (extra ``sae``).
+
+A pretrained release (e.g. from a model hub) is used by exporting its weights to one of those
+files or committing them as an SAE specimen, which also makes the SAE a parent of every result.
 
 Every loader returns an :class:`SAE` whose :attr:`SAE.digest` names its weights' content, so a
 derived specimen records exactly which weights produced it, wherever they came from.
@@ -14,6 +16,7 @@ derived specimen records exactly which weights produced it, wherever they came f
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +36,11 @@ __all__ = [
     "load_sae",
     "load_sae_file",
     "load_sae_from_specimen",
-    "load_sae_lens",
     "load_sae_npz",
     "load_sae_safetensors",
     "weights_digest",
 ]
 
-#: Prefix of an ``sae`` argument naming a pretrained sae_lens SAE: ``sae_lens:RELEASE:SAE_ID``.
-SAE_LENS_PREFIX = "sae_lens:"
 #: Tensor names an SAE specimen or file holds; ``threshold`` is optional (JumpReLU only).
 SAE_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 _REQUIRED = SAE_TENSORS[:4]
@@ -58,11 +58,11 @@ class SAE:
         W_dec: decoder [d_sae, d].
         b_dec: decoder bias [d].
         threshold: JumpReLU thresholds [d_sae], or None for a ReLU SAE.
-        apply_b_dec_to_input: subtract ``b_dec`` before encoding (the seed's formula; some SAEs,
-            e.g. sae_lens configs with ``apply_b_dec_to_input=False``, do not).
+        apply_b_dec_to_input: subtract ``b_dec`` before encoding (the seed's formula; some SAEs
+            are trained without it).
         source: where the weights came from (for the manifest), e.g. ``specimen:my_sae``.
         digest: BLAKE3 of the weights' canonical serialisation (:func:`weights_digest`).
-        info: extra provenance (commit digest, file digest, sae_lens release...).
+        info: extra provenance (commit digest, file digest...).
     """
 
     W_enc: np.ndarray
@@ -218,19 +218,90 @@ def load_sae_from_specimen(spec: CommittedSpecimen, *, apply_b_dec_to_input: boo
 def load_sae_npz(path: str | Path, *, apply_b_dec_to_input: bool = True) -> SAE:
     """Load an SAE from a ``.npz`` file (e.g. Gemma Scope's ``params.npz``).
 
+    The archive is read without ``numpy.load``: each ``.npy`` member's header is checked
+    against the member's size before anything is allocated, so a file that is not an npz, a
+    damaged zip, a pickled member or a header claiming petabytes is refused with a message.
+
     Raises:
         NotFoundError: if the file is missing. InvalidInputError: if it is not a valid SAE.
     """
-    import numpy as np
-
     path = _existing(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files if k in SAE_TENSORS}
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"{path} is not a readable .npz file ({exc})") from None
+    arrays = _read_npz(path)
     return SAE.from_arrays(arrays, source=f"npz:{path.name}", apply_b_dec_to_input=apply_b_dec_to_input,
                            info=_file_info(path))
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Read the SAE tensors of an npz archive (a zip of ``<name>.npy`` files).
+
+    Raises:
+        InvalidInputError: if the file is not such an archive or a tensor member is damaged.
+    """
+    hint = ("an SAE .npz is a zip of .npy arrays named W_enc, b_enc, W_dec, b_dec[, threshold], "
+            "as numpy.savez writes it")
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise InvalidInputError(f"{path} is not a readable .npz file ({exc}); {hint}") from None
+    arrays: dict[str, np.ndarray] = {}
+    with archive:
+        for info in archive.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else None
+            if name not in SAE_TENSORS or name in arrays:
+                continue
+            try:
+                arrays[name] = _read_npy_member(archive, info)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{path}: {info.filename} {exc}; {hint}") from None
+            # zipfile, zlib and numpy's header parser each raise their own errors for damaged
+            # bytes (BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError for an
+            # unknown compression, RuntimeError for encryption): all mean the same here.
+            except Exception as exc:
+                raise InvalidInputError(
+                    f"{path}: {info.filename} cannot be read ({type(exc).__name__}: {exc}); {hint}"
+                ) from None
+        if not arrays:
+            members = [i.filename for i in archive.infolist()]
+            listed = ", ".join(members[:5]) + (" ..." if len(members) > 5 else "")
+            raise InvalidInputError(
+                f"{path} holds no SAE tensor (its members: {listed or 'none'}); {hint}"
+            )
+    return arrays
+
+
+def _read_npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One ``.npy`` member, its header checked against its size before its data is read."""
+    import math
+
+    import numpy as np
+    from numpy.lib import format as npy
+
+    with archive.open(info) as f:
+        version = npy.read_magic(f)
+        if version == (1, 0):
+            shape, fortran_order, dtype = npy.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran_order, dtype = npy.read_array_header_2_0(f)
+        else:
+            raise InvalidInputError(f"has .npy format version {version}, not 1.0, 2.0 or 3.0")
+        if dtype.hasobject:
+            raise InvalidInputError("holds Python objects (a pickle), which are never loaded")
+        if any(n < 0 for n in shape):
+            raise InvalidInputError(f"declares the impossible shape {shape}")
+        expected = math.prod(shape) * dtype.itemsize
+        header = f.tell()
+        if info.file_size - header != expected:
+            raise InvalidInputError(
+                f"declares shape {shape} of {dtype} ({expected:,} bytes) but holds "
+                f"{max(0, info.file_size - header):,} bytes of data: it is truncated or damaged"
+            )
+        data = bytearray(expected)  # writable, like what numpy.load returns
+        got = f.readinto(data)
+        f.read(1)  # reach the end, where zipfile checks the CRC
+    if got != expected:
+        raise InvalidInputError(f"ended after {got:,} of {expected:,} bytes of data")
+    array = np.frombuffer(data, dtype=dtype)
+    return array.reshape(shape, order="F" if fortran_order else "C")
 
 
 def load_sae_safetensors(path: str | Path, *, apply_b_dec_to_input: bool = True) -> SAE:
@@ -273,48 +344,6 @@ def load_sae_file(path: str | Path, *, apply_b_dec_to_input: bool = True) -> SAE
     return loader(path, apply_b_dec_to_input=apply_b_dec_to_input)
 
 
-def load_sae_lens(release: str, sae_id: str) -> SAE:
-    """Load a pretrained SAE through sae_lens (optional; downloads weights via its cache).
-
-    The weights are copied out of torch into float32 numpy once; nothing else uses torch.
-
-    Args:
-        release: the sae_lens release, e.g. ``gemma-scope-2b-pt-res-canonical``.
-        sae_id: the SAE within the release, e.g. ``layer_12/width_16k/canonical``.
-
-    Raises:
-        InvalidInputError: if sae_lens is not installed or the SAE has no usable weights.
-    """
-    try:
-        from sae_lens import SAE as LensSAE
-    except ImportError:
-        raise InvalidInputError(
-            "loading SAEs by release needs sae_lens (pip install sae-lens); without it, export "
-            "the weights to .npz/.safetensors or commit them as an SAE specimen"
-        ) from None
-    loaded = LensSAE.from_pretrained(release=release, sae_id=sae_id, device="cpu")
-    # sae_lens < 6 returns (sae, cfg_dict, sparsity); >= 6 returns the SAE alone.
-    lens = loaded[0] if isinstance(loaded, tuple) else loaded
-
-    def to_numpy(t: Any) -> Any:
-        return t.detach().to("cpu").float().numpy() if hasattr(t, "detach") else t
-
-    arrays = {n: to_numpy(getattr(lens, n)) for n in _REQUIRED}
-    threshold = getattr(lens, "threshold", None)
-    if threshold is None and getattr(lens, "log_threshold", None) is not None:
-        import numpy as np
-
-        threshold = np.exp(to_numpy(lens.log_threshold))
-    if threshold is not None:
-        arrays["threshold"] = to_numpy(threshold)
-    cfg = getattr(lens, "cfg", None)
-    apply = bool(getattr(cfg, "apply_b_dec_to_input", True)) if cfg is not None else True
-    return SAE.from_arrays(
-        arrays, source=f"sae_lens:{release}/{sae_id}", apply_b_dec_to_input=apply,
-        info={"sae_lens_release": release, "sae_lens_id": sae_id},
-    )
-
-
 def load_sae(
     vault: Any, sae: SAE | str | Path, *, apply_b_dec_to_input: bool = True
 ) -> tuple[SAE, str | None]:
@@ -322,9 +351,8 @@ def load_sae(
 
     Args:
         vault: the vault (for specimen ids).
-        sae: an :class:`SAE`, a committed specimen id, ``"sae_lens:RELEASE:SAE_ID"`` (needs
-            sae_lens), or a :class:`~pathlib.Path` to a ``.npz`` / ``.safetensors`` file (any
-            other ``str`` is a specimen id).
+        sae: an :class:`SAE`, a committed specimen id (a ``str``), or a
+            :class:`~pathlib.Path` to a ``.npz`` / ``.safetensors`` file.
         apply_b_dec_to_input: see :class:`SAE` (ignored for a ready :class:`SAE`).
 
     Returns:
@@ -337,15 +365,6 @@ def load_sae(
         return sae, sae.info.get("specimen_id")
     if isinstance(sae, Path):
         return load_sae_file(sae, apply_b_dec_to_input=apply_b_dec_to_input), None
-    if isinstance(sae, str) and sae.startswith(SAE_LENS_PREFIX):
-        # Specimen ids never contain ':', so the prefix cannot shadow one.
-        release, sep, sae_id = sae[len(SAE_LENS_PREFIX):].partition(":")
-        if not sep or not release or not sae_id:
-            raise InvalidInputError(
-                f"{sae!r}: name a pretrained SAE as sae_lens:RELEASE:SAE_ID, e.g. "
-                "sae_lens:gemma-scope-2b-pt-res-canonical:layer_12/width_16k/canonical"
-            )
-        return load_sae_lens(release, sae_id), None
     if isinstance(sae, str):
         return load_sae_from_specimen(vault.specimen(sae), apply_b_dec_to_input=apply_b_dec_to_input), sae
     raise InvalidInputError(
@@ -356,6 +375,8 @@ def load_sae(
 def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
+        if path.exists():
+            raise InvalidInputError(f"SAE file {path} is not a regular file")
         raise NotFoundError(f"SAE file {path} does not exist")
     return path
 
