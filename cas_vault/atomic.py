@@ -153,7 +153,8 @@ def write_temp(directory: Path, data: bytes | bytearray | memoryview, mode: int 
 
 
 def write_replace(
-    path: Path, data: bytes | bytearray | memoryview, mode: int = 0o644, sync_dir: bool = True
+    path: Path, data: bytes | bytearray | memoryview, mode: int = 0o644, sync_dir: bool = True,
+    sync: bool = True,
 ) -> None:
     """Atomically create or replace ``path`` with ``data``.
 
@@ -167,11 +168,13 @@ def write_replace(
         sync_dir: fsync the directory too, so the new name survives a power loss. Files that
             nothing durable depends on yet (a specimen's working files, which a commit makes
             durable as objects) skip it: a crash then leaves the old file or the new one.
+        sync: fsync the new file's bytes before the rename. Only a record whose loss in a
+            power cut is harmless (a hint that may lag, never lead) skips it.
 
     Raises:
         OSError: on any I/O failure (the destination is left untouched).
     """
-    tmp = _write_temp(path.parent, data, mode)
+    tmp = _write_temp(path.parent, data, mode, sync=sync)
     try:
         os.replace(tmp, path)
     except BaseException:

@@ -46,8 +46,14 @@ from . import canonical
 from .atomic import FileLock, write_replace
 from .commit import Commit
 from .digest import Digest, hash_bytes
-from .errors import IntegrityError, InvalidInputError, LockTimeoutError, VaultError
-from .refs import JournalEntry
+from .errors import (
+    IntegrityError,
+    InvalidInputError,
+    JournalRolledBackError,
+    LockTimeoutError,
+    VaultError,
+)
+from .refs import JournalEntry, JournalTip, rollback
 
 if TYPE_CHECKING:
     import duckdb
@@ -67,6 +73,7 @@ __all__ = [
     "connect_read_only",
     "index",
     "indexed_commits",
+    "indexed_tip",
     "release_writer",
     "stale_reason",
 ]
@@ -230,13 +237,22 @@ class _TooMuchPending(VaultError):
 
 
 # -- public functions ---------------------------------------------------------------------------
-def index(vault: Vault, rebuild: bool = False, lock_timeout: float = 60.0) -> IndexResult:
+def index(
+    vault: Vault, rebuild: bool = False, lock_timeout: float = 60.0, accept_rollback: bool = False,
+) -> IndexResult:
     """Bring ``vault.duckdb`` up to date (``vault index``), reading only commits not yet indexed.
+
+    The catalog's recorded journal tip and the tip record beside the journal are witnesses of
+    how far the journal reached: if the journal no longer holds a line they saw, nothing is
+    rebuilt over it (that would erase the last trace of the lost commits) unless
+    ``accept_rollback``.
 
     Args:
         vault: the vault.
         rebuild: drop everything and rebuild from the journal and objects.
         lock_timeout: seconds to wait for other writers and open readers.
+        accept_rollback: rebuild even though the journal lost lines a witness saw (after
+            restoring a backup on purpose).
 
     Returns:
         What was done, with every row of ``catalog_problems``.
@@ -244,12 +260,14 @@ def index(vault: Vault, rebuild: bool = False, lock_timeout: float = 60.0) -> In
     Raises:
         LockTimeoutError: if another process kept the catalog busy for longer.
         IntegrityError: if the journal is damaged (``vault verify`` says where).
+        JournalRolledBackError: if the journal lost lines a witness saw (see above).
         InvalidInputError: if ``vault.duckdb`` is not a DuckDB file this version can open (and
             ``rebuild`` was not asked for).
     """
     writer = _writer_for(vault)
     try:
-        result = writer.update(rebuild=rebuild, lock_timeout=lock_timeout, open_timeout=lock_timeout)
+        result = writer.update(rebuild=rebuild, lock_timeout=lock_timeout,
+                               open_timeout=lock_timeout, accept_rollback=accept_rollback)
         writer.checkpoint()
         return replace(result, problems=writer.problems())
     finally:
@@ -314,6 +332,35 @@ def indexed_commits(vault: Vault, timeout: float = 30.0) -> dict[str, str]:
         return {}
     finally:
         conn.close()
+
+
+def indexed_tip(vault: Vault, timeout: float = 30.0) -> JournalTip | None:
+    """Return the journal tip the catalog recorded when it last indexed (a rollback witness).
+
+    For ``vault verify``: None without a catalog, an unreadable one, or one that indexed no
+    line yet.
+
+    Raises:
+        LockTimeoutError: if a writer kept the file open longer than ``timeout``.
+    """
+    import duckdb
+
+    if not vault.catalog_path.exists():
+        return None
+    release_writer(vault.root)
+    try:
+        conn = connect_read_only(vault.catalog_path, timeout)
+    except InvalidInputError:
+        return None
+    try:
+        rows = conn.execute("SELECT vault_created, journal_lines, tip FROM _state").fetchall()
+    except duckdb.Error:
+        return None
+    finally:
+        conn.close()
+    if len(rows) != 1 or rows[0][0] != _vault_created(vault) or not rows[0][1]:
+        return None
+    return JournalTip.decode(JournalTip(int(rows[0][1]), Digest(str(rows[0][2]))).encode())
 
 
 def catalog_problems(vault: Vault, timeout: float = 30.0) -> list[CatalogProblem]:
@@ -618,6 +665,7 @@ class CatalogWriter:
         open_timeout: float = 60.0,
         known: Mapping[str, Commit] | None = None,
         max_lines: int | None = None,
+        accept_rollback: bool = False,
     ) -> IndexResult:
         """Index the journal lines not yet in the catalog (all of them if ``rebuild``).
 
@@ -628,6 +676,7 @@ class CatalogWriter:
             known: commits already in memory (the one just made), by digest.
             max_lines: refuse (raise) if more lines than this are pending; the caller then
                 leaves the work to ``vault index``.
+            accept_rollback: rebuild over a journal that lost lines a witness saw.
 
         Returns:
             What was done.
@@ -643,7 +692,8 @@ class CatalogWriter:
             (self.vault.root / STALE_MARKER).unlink(missing_ok=True)
             try:
                 conn = self._connect(open_timeout, rebuild)
-                result = self._update_locked(conn, rebuild, known or {}, max_lines, t0)
+                result = self._update_locked(conn, rebuild, known or {}, max_lines, t0,
+                                             accept_rollback)
             except _TooMuchPending as exc:
                 _mark_stale(self.vault, str(exc))
                 raise
@@ -659,24 +709,24 @@ class CatalogWriter:
 
     def _update_locked(
         self, conn: duckdb.DuckDBPyConnection, rebuild: bool, known: Mapping[str, Commit],
-        max_lines: int | None, t0: float,
+        max_lines: int | None, t0: float, accept_rollback: bool = False,
     ) -> IndexResult:
         created = _vault_created(self.vault)
-        if rebuild:
-            state = None
-        elif self._cache.state is not None:
-            state = self._cache.state
-        else:
-            state = self._read_state(conn, created)
+        recorded = self._cache.state or self._read_state(conn, created)
+        state = None if rebuild else recorded
         rebuilt = state is None
         if state is not None:
             pending = self._pending(state)
             if pending is None:  # the journal no longer continues what we indexed
                 state, rebuilt = None, True
         if state is None:
+            if recorded is not None and recorded.journal_lines and not accept_rollback:
+                self._refuse_rollback(recorded)
             state = _State()
             pending = self._pending(state)
             assert pending is not None
+        if not accept_rollback:
+            self._check_tip_record(state, pending)
         if max_lines is not None and len(pending) > max_lines:
             raise _TooMuchPending(f"{len(pending)} commits are not indexed yet")
         big = len(pending) > BIG_UPDATE
@@ -759,6 +809,44 @@ class CatalogWriter:
         row = rows[0]
         self._cache.total = int(conn.execute("SELECT count(*) FROM catalog").fetchall()[0][0])
         return _State(int(row[2]), int(row[3]), int(row[4]), str(row[5] or ""))
+
+    def _refuse_rollback(self, recorded: _State) -> None:
+        """Raise if the journal lost the line the catalog's state witnessed.
+
+        Raises:
+            JournalRolledBackError: naming the lost line and the specimens only the catalog
+                still knows.
+        """
+        try:
+            journal = self.vault.refs.journal.read_bytes()
+        except FileNotFoundError:
+            journal = b""
+        why = rollback(journal, JournalTip(recorded.journal_lines, Digest(recorded.tip)))
+        if why is None:
+            return  # the journal continues it after all (the cache was stale): rebuild freely
+        _raise_rollback(f"the catalog indexed {recorded.journal_lines} journal line(s), but {why}")
+
+    def _check_tip_record(self, state: _State, pending: list[_Pending]) -> None:
+        """Raise if the tip record beside the journal witnessed a line the journal lost.
+
+        Cheap: only lines this update reads are compared (the record never leads the journal
+        of an honest vault, and a record at or below ``state`` was checked by ``_pending``).
+
+        Raises:
+            JournalRolledBackError: if the journal ends before the recorded line, or that line
+                hashes to something else.
+        """
+        tip = self.vault.refs.read_tip()
+        if tip is None or tip.lines <= state.journal_lines:
+            return
+        have = state.journal_lines + len(pending)
+        if have < tip.lines:
+            _raise_rollback(f"{self.vault.refs.tip_path.name} records {tip.lines} journal "
+                            f"line(s), but the journal has {have}")
+        got = pending[tip.lines - state.journal_lines - 1].entry.digest
+        if got != tip.digest:
+            _raise_rollback(f"journal line {tip.lines} hashes to {got[:16]}... where "
+                            f"{self.vault.refs.tip_path.name} records {tip.digest[:16]}...")
 
     def _pending(self, state: _State) -> list[_Pending] | None:
         """Journal lines after ``state``; None if the journal does not continue it."""
@@ -1145,6 +1233,16 @@ def _insert(conn: duckdb.DuckDBPyConnection, table: str, columns: dict[str, list
     import pyarrow as pa
 
     conn.from_arrow(pa.table(columns, schema=schema())).insert_into(table)
+
+
+def _raise_rollback(what: str) -> None:
+    raise JournalRolledBackError(
+        f"{what}: journal lines were removed or rewritten (the journal was rolled back). The "
+        "catalog was left "
+        "as it is, since it is the witness: run `vault verify`, and restore the journal and "
+        "refs from a backup or a remote. Only if the journal was restored on purpose, "
+        "`vault index --rebuild --accept-rollback` rebuilds the catalog from it"
+    )
 
 
 def _advance(state: _State, pending: list[_Pending]) -> _State:

@@ -12,6 +12,7 @@ a caller would do about them, and each category maps to one CLI exit code::
     |   +-- ImmutableError          an attempt to change something committed
     +-- IntegrityError              bytes that do not match their digest (exit 1)
     |   +-- ChecksumMismatch        expected vs. actual digest, kept as attributes
+    |   +-- JournalRolledBackError  the journal lost lines a witness saw (exit 1)
     +-- LockTimeoutError            another process holds the vault lock too long
     +-- FileChangedError            a working file changed while it was being committed
     +-- RunFailedError              a protocol exited non-zero; nothing committed (exit 3)
@@ -29,6 +30,7 @@ __all__ = [
     "FileChangedError",
     "ImmutableError",
     "IntegrityError",
+    "JournalRolledBackError",
     "InvalidIdError",
     "InvalidInputError",
     "LockTimeoutError",
@@ -106,6 +108,11 @@ class ChecksumMismatch(IntegrityError):
 
     def __reduce__(self):  # keep pickling working with the custom __init__
         return (type(self), (self.expected, self.got, self.what, self.incoming))
+
+
+class JournalRolledBackError(IntegrityError):
+    """The journal no longer holds a line that a witness recorded: lines were removed or
+    rewritten. Nothing derived from the journal is rebuilt over it unless asked explicitly."""
 
 
 class LockTimeoutError(VaultError):

@@ -26,12 +26,86 @@ from .digest import Digest, hash_bytes, is_digest
 from .errors import ImmutableError, InvalidInputError
 from .ids import validate_id
 
-__all__ = ["GENESIS", "JournalEntry", "RefStore"]
+__all__ = ["GENESIS", "JournalEntry", "JournalTip", "RefStore", "rollback"]
 
 #: Permission bits of a ref file (and of its intent file, which becomes the ref by a link).
 _REF_MODE = 0o444
 #: The ``prev`` of the first journal entry.
 GENESIS = Digest("0" * 64)
+#: The tip record kept beside the journal (docs/format.md 5.3).
+TIP_NAME = "journal.tip"
+
+
+@dataclass(frozen=True)
+class JournalTip:
+    """A witness of the journal's end: how many lines it had and the BLAKE3 of the last one.
+
+    Attributes:
+        lines: the number of complete lines.
+        digest: BLAKE3 of the last line's bytes (without its newline).
+    """
+
+    lines: int
+    digest: Digest
+
+    def encode(self) -> bytes:
+        """The record's bytes: ``{"lines":N,"tip":"<digest>"}`` and a newline."""
+        return json.dumps({"lines": self.lines, "tip": self.digest}, sort_keys=True,
+                          separators=(",", ":")).encode("ascii") + b"\n"
+
+    @classmethod
+    def decode(cls, data: bytes) -> JournalTip | None:
+        """Parse a record; None if it is not one (a cut-short write is no witness)."""
+        try:
+            value = json.loads(data)
+        except ValueError:
+            return None
+        if (not isinstance(value, dict) or set(value) != {"lines", "tip"}
+                or type(value["lines"]) is not int or value["lines"] < 1
+                or not isinstance(value["tip"], str) or not is_digest(value["tip"])):
+            return None
+        return cls(value["lines"], Digest(value["tip"]))
+
+    @classmethod
+    def parse(cls, text: str) -> JournalTip:
+        """Parse ``N:DIGEST`` (as ``vault verify`` prints it, to be kept elsewhere).
+
+        Raises:
+            InvalidInputError: if it is not a line count and a digest.
+        """
+        n, _, d = text.strip().partition(":")
+        if not n.isdigit() or int(n) < 1 or not is_digest(d):
+            raise InvalidInputError(
+                f"witness {text!r} is not LINES:DIGEST (as `vault verify` prints after "
+                "'journal tip:', e.g. 12:9a31...)")
+        return cls(int(n), Digest(d))
+
+    def __str__(self) -> str:
+        return f"{self.lines}:{self.digest}"
+
+
+def rollback(journal: bytes, tip: JournalTip) -> str | None:
+    """Say how ``journal`` fails to contain the line ``tip`` witnessed, or None if it does.
+
+    A journal only grows, so every witness of an earlier end must still hold: line ``lines``
+    must exist and hash to ``digest``. Anything else means lines were removed or rewritten.
+
+    Args:
+        journal: the journal's bytes.
+        tip: the witness.
+
+    Returns:
+        What is wrong, in words, or None.
+    """
+    lines = journal.split(b"\n")[:-1]
+    if len(lines) < tip.lines:
+        return (f"the journal has {len(lines)} line(s) where {tip.lines} were witnessed "
+                f"(line {tip.lines} hashed to {tip.digest[:16]}...)")
+    got = hash_bytes(lines[tip.lines - 1])
+    if got != tip.digest:
+        return (f"journal line {tip.lines} hashes to {got[:16]}... where "
+                f"{tip.digest[:16]}... was witnessed")
+    return None
 
 
 def _ref_bytes(commit: str) -> bytes:
@@ -108,6 +182,7 @@ class RefStore:
         self.lock_path = lock
         self.tmp_dir = tmp_dir
         self.pending_dir = lock.parent / "pending"
+        self.tip_path = journal.with_name(TIP_NAME)
 
     # -- reading -----------------------------------------------------------------------------
     def get(self, specimen_id: str) -> Digest | None:
@@ -284,6 +359,13 @@ class RefStore:
             f.truncate(keep)
             os.fsync(f.fileno())
 
+    def read_tip(self) -> JournalTip | None:
+        """The tip record beside the journal, or None if there is none (or it is unreadable)."""
+        try:
+            return JournalTip.decode(self.tip_path.read_bytes())
+        except FileNotFoundError:
+            return None
+
     def _append_locked(self, specimen_id: str, commit: str, time: str) -> None:
         seq, prev = self._tail()
         line = JournalEntry.encode(seq, specimen_id, commit, time, prev)
@@ -291,6 +373,11 @@ class RefStore:
         append_durable(self.journal, line + b"\n")
         if new_file:
             fsync_dir(self.journal.parent)
+        # A witness outside the journal: removing the last lines (and their refs) no longer
+        # erases every trace. Not fsynced: after a power cut it may lag the journal (which is
+        # fine) but never lead it, since the line above is durable already.
+        write_replace(self.tip_path, JournalTip(seq + 1, hash_bytes(line)).encode(),
+                      sync_dir=False, sync=False)
 
     def _recover_locked(self, keep: str | None = None) -> list[str]:
         """Repair what a crash between ref creation and journal append left.

@@ -652,6 +652,7 @@ class Vault:
                     on_damage(self._bad_ref_finding(name))
                 for e in journal:
                     if e.specimen_id not in names:
+                        names.add(e.specimen_id)  # one finding for an id journaled twice
                         on_damage(self._missing_ref_finding(e))
             for sid, d in refs.items():
                 c = self._read_logged(d, sid)
@@ -866,11 +867,13 @@ class Vault:
 
 
     # -- catalog and queries (issue 4) -----------------------------------------------------
-    def index(self, rebuild: bool = False) -> Any:
+    def index(self, rebuild: bool = False, accept_rollback: bool = False) -> Any:
         """Bring ``vault.duckdb`` up to date; see :func:`cas_vault.catalog.index`.
 
         Args:
             rebuild: drop the catalog and rebuild it from the journal and objects.
+            accept_rollback: rebuild even if the journal lost lines the catalog or the tip
+                record witnessed (a backup restored on purpose).
 
         Returns:
             An :class:`~cas_vault.catalog.IndexResult`.
@@ -878,10 +881,11 @@ class Vault:
         Raises:
             LockTimeoutError: if other processes kept the catalog busy too long.
             IntegrityError: if the journal is damaged.
+            JournalRolledBackError: if the journal lost witnessed lines.
         """
         from .catalog import index
 
-        return index(self, rebuild=rebuild)
+        return index(self, rebuild=rebuild, accept_rollback=accept_rollback)
 
     def query(self, sql: str, params: Any = None) -> Any:
         """Run one read-only SQL SELECT over the catalog; see :class:`cas_vault.query.VaultQuery`.
@@ -899,7 +903,7 @@ class Vault:
     # -- integrity: verify and gc (issue 5) ------------------------------------------------
     def verify(
         self, specimen_ids: Sequence[str] = (), *, quick: bool = False,
-        progress: Any = None,
+        progress: Any = None, witness: Any = None,
     ) -> Any:
         """Check that every committed byte is intact; see :func:`cas_vault.verify.verify`.
 
@@ -907,6 +911,8 @@ class Vault:
             specimen_ids: only these specimens (default: the whole vault, garbage included).
             quick: check existence and sizes only, without re-hashing.
             progress: ``progress(advance_bytes, total_bytes)`` callback while hashing.
+            witness: a :class:`~cas_vault.refs.JournalTip` (or ``"LINES:DIGEST"``) kept
+                outside the vault; the journal must still hold that line.
 
         Returns:
             A :class:`cas_vault.verify.VerifyReport` (``report.ok`` is False on any problem).
@@ -914,9 +920,12 @@ class Vault:
         Raises:
             InvalidIdError: for a malformed id. NotFoundError: for an unknown specimen.
         """
+        from .refs import JournalTip
         from .verify import verify
 
-        return verify(self, specimen_ids, quick=quick, progress=progress)
+        if isinstance(witness, str):
+            witness = JournalTip.parse(witness)
+        return verify(self, specimen_ids, quick=quick, progress=progress, witness=witness)
 
     def gc(
         self, *, grace: float | str = 14 * 24 * 3600.0, dry_run: bool = False,

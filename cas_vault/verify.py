@@ -42,7 +42,7 @@ from .commit import Commit
 from .digest import Digest, hash_bytes, hash_file, is_digest
 from .errors import InvalidInputError, LockTimeoutError, NotFoundError
 from .ids import validate_id
-from .refs import GENESIS, JournalEntry
+from .refs import GENESIS, JournalEntry, JournalTip, rollback
 from .workdir import INDEX_PATH, WorkingIndex, iter_files
 
 if TYPE_CHECKING:
@@ -78,6 +78,7 @@ PROBLEM_KINDS = (
     "unjournaled_ref",   # a ref with no journal line and no intent file
     "missing_ref",       # a journal line whose ref file is gone
     "journal_broken",    # a journal line that is malformed, out of sequence or off the chain
+    "journal_rolled_back",  # the journal lost a line a witness saw (tip record, catalog, you)
     "shared_inode",      # an object whose inode has a second name: a write there changes it
     "stray_object",      # a file in objects/ whose name is not the digest of its bytes
     "catalog_stale",     # vault.duckdb lists specimens with another commit or without a ref
@@ -153,6 +154,8 @@ class VerifyReport:
         objects_checked: distinct objects checked (commits included).
         bytes_hashed: bytes read and hashed.
         seconds: wall time of the run.
+        journal_tip: the journal's end as checked (None for an empty journal): keep it
+            somewhere else, and ``vault verify --witness`` later proves no line was removed.
     """
 
     mode: str
@@ -162,6 +165,7 @@ class VerifyReport:
     objects_checked: int
     bytes_hashed: int
     seconds: float
+    journal_tip: JournalTip | None = None
 
     @property
     def ok(self) -> bool:
@@ -180,6 +184,7 @@ class VerifyReport:
             "seconds": round(self.seconds, 3),
             "problems": [p.to_dict() for p in self.problems],
             "info": [i.to_dict() for i in self.info],
+            "journal_tip": str(self.journal_tip) if self.journal_tip else None,
         }
 
 
@@ -586,6 +591,8 @@ class _Ref:
 class _Checker:
     """One verify run; collects findings as it goes."""
 
+    tip_record: JournalTip | None = None
+
     def __init__(self, vault: Vault, quick: bool) -> None:
         self.vault = vault
         self.quick = quick
@@ -622,7 +629,38 @@ class _Checker:
             except FileNotFoundError:
                 journal = b""
             intents = (set(os.listdir(refs.pending_dir)) if refs.pending_dir.is_dir() else set())
+            # Read with the journal: a commit after the lock would make it lead the snapshot.
+            self.tip_record = refs.read_tip()
         return raw, journal, intents
+
+    def check_witnesses(
+        self, journal: bytes, witnesses: Sequence[tuple[str, JournalTip | None]],
+    ) -> None:
+        """Report every witness of an earlier journal end that the journal no longer holds.
+
+        Args:
+            journal: the journal's bytes (from the snapshot).
+            witnesses: ``(who saw it, what they saw)``; None entries are skipped.
+        """
+        for who, tip in witnesses:
+            if tip is None:
+                continue
+            why = rollback(journal, tip)
+            if why is not None:
+                # The catalog is read beside the snapshot, not under its lock: a commit in
+                # between makes it lead the snapshot. A real rollback shows in the file now too.
+                try:
+                    now = self.vault.refs.journal.read_bytes()
+                except FileNotFoundError:
+                    now = b""
+                why = rollback(now, tip)
+            if why is not None:
+                self.problems.append(Finding(
+                    "journal_rolled_back", f"{who} saw journal line {tip.lines} ({tip}), but "
+                    f"{why}: journal lines were removed or rewritten (rolled back), with the refs they "
+                    "created. Restore the journal and refs from a backup or a remote; do not "
+                    "rebuild the catalog over it (it may be the last witness)", file="journal",
+                    digest=tip.digest, count=tip.lines))
 
     def check_refs(
         self, raw: dict[str, bytes], entries: dict[str, JournalEntry], intents: set[str],
@@ -1010,9 +1048,19 @@ def catalog_commits(vault: Vault) -> dict[str, str] | None:
     return dict(indexed_commits(vault, timeout=CATALOG_TIMEOUT))
 
 
+def catalog_tip(vault: Vault) -> JournalTip | None:
+    """The journal tip the catalog recorded, or None (no catalog, busy, unreadable)."""
+    from .catalog import indexed_tip
+
+    try:
+        return indexed_tip(vault, timeout=CATALOG_TIMEOUT)
+    except Exception:  # derived data that cannot be read is no witness, never a failure
+        return None
+
+
 def verify(
     vault: Vault, specimen_ids: Sequence[str] = (), *, quick: bool = False,
-    progress: Progress | None = None,
+    progress: Progress | None = None, witness: JournalTip | None = None,
 ) -> VerifyReport:
     """Check a vault (or some of its specimens); see the module docstring for what is checked.
 
@@ -1022,6 +1070,8 @@ def verify(
             objects and working directories); empty: everything, including strays and garbage.
         quick: check existence and sizes only, without re-hashing bytes.
         progress: called with ``(advance_bytes, total_bytes)`` while hashing.
+        witness: a journal tip kept outside the vault (``LINES:DIGEST`` as an earlier report
+            gave it): the journal must still hold that line.
 
     Returns:
         The report; ``report.ok`` is False if any problem was found.
@@ -1037,10 +1087,16 @@ def verify(
     # background: opening DuckDB is slow and needs no help from this thread.
     catalog_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-catalog")
     catalog_read = catalog_reader.submit(catalog_commits, vault) if scope is None else None
+    catalog_tip_read = catalog_reader.submit(catalog_tip, vault)
     catalog_reader.shutdown(wait=False)
     raw, journal, intents = chk.snapshot()
     entries, journal_problems = read_journal(journal)
     chk.problems.extend(journal_problems)
+    chk.check_witnesses(journal, [
+        ("the tip record (journal.tip, written by every commit)", chk.tip_record),
+        ("the catalog (vault.duckdb)", catalog_tip_read.result()),
+        ("the witness you gave", witness),
+    ])
     if scope is not None:
         unknown = sorted(s for s in scope if s not in raw and s not in entries)
         if unknown:
@@ -1101,8 +1157,13 @@ def verify(
         mode="quick" if quick else "full", specimens=specimens,
         problems=tuple(sorted(_dedupe(chk.problems), key=_problem_order)), info=tuple(chk.info),
         objects_checked=checked, bytes_hashed=chk.bytes_hashed,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, journal_tip=_tip_of(journal),
     )
+
+
+def _tip_of(journal: bytes) -> JournalTip | None:
+    lines = journal.split(b"\n")[:-1]
+    return JournalTip(len(lines), hash_bytes(lines[-1])) if lines else None
 
 
 def _problem_order(f: Finding) -> tuple[int, str, str, str]:

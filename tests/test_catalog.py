@@ -368,12 +368,17 @@ def test_catalog_of_another_vault_or_journal_is_rebuilt(tmp_path, diamond, make_
     assert VaultQuery(other).stale_reason() == "the catalog was built for another vault"
     result = other.index()
     assert result.rebuilt and _rows(other, "SELECT specimen_id FROM catalog") == [("x",)]
-    # A catalog whose last indexed journal line is not in the journal is rebuilt too.
+    # A catalog whose last indexed journal line is not in the journal witnesses a rollback:
+    # it is not rebuilt over unless that is accepted explicitly.
+    from cas_vault.errors import JournalRolledBackError
+
     release_writer(diamond.root)
     conn = duckdb.connect(str(diamond.catalog_path))
     conn.execute("UPDATE _state SET tip = 'not-the-tip'")
     conn.close()
-    assert diamond.index().rebuilt
+    with pytest.raises(JournalRolledBackError, match="rolled back"):
+        diamond.index()
+    assert diamond.index(rebuild=True, accept_rollback=True).rebuilt
 
 
 def test_a_log_left_without_its_database_or_from_another_is_dropped(vault, make_specimen):

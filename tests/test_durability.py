@@ -527,13 +527,13 @@ def check_tensor_write(log: FsLog, wd: str, name: str, start: int = 0) -> dict[s
                 assert_fsynced_between(log, ev[i].path, i, swap, "staging file before the rename")
         last_entry: dict[str, int] = {staging: log.first("mkdir", staging)}
         for i, e in enumerate(ev[start:swap], start):
-            new = {"create": e.path, "mkdir": e.path, "link": e.dest, "replace": e.dest}.get(e.op, "")
-            if new.startswith(staging + "/"):
+            new = e.path if e.op in ("create", "mkdir") else e.dest
+            if e.op in ("create", "mkdir", "link", "replace") and new.startswith(staging + "/"):
                 last_entry[parent(new)] = i
                 if e.op == "mkdir":
                     last_entry.setdefault(new, i)
         for directory, last in last_entry.items():
-            assert_fsynced_between(log, directory, last, swap, "staging directory before the rename")
+            assert_fsynced_between(log, directory, last, swap, "staging entries before the rename")
         assert_fsynced_between(log, f"{wd}/strata", swap, index, "the array's name")
         for i in links:
             assert i < swap  # every object named before the array appears

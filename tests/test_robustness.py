@@ -58,6 +58,31 @@ def nest(top: Path, levels: int, name: str = "d") -> Path:
     return path
 
 
+def remove_tree(top: Path) -> None:
+    """``shutil.rmtree`` without recursion (it recurses per level, as pytest's cleanup does)."""
+    dirs = [os.fspath(top)]
+    i = 0
+    while i < len(dirs):
+        with os.scandir(dirs[i]) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    dirs.append(entry.path)
+                else:
+                    os.unlink(entry.path)
+        i += 1
+    for d in reversed(dirs):
+        os.rmdir(d)
+
+
+@pytest.fixture
+def deep_vault(vault: Vault):
+    """The vault, removed without recursion afterwards: pytest's own cleanup of old temp
+    directories would fail on its 1,000-deep trees (RecursionError) in a later session."""
+    yield vault
+    if vault.root.exists():
+        remove_tree(vault.root)
+
+
 def flip_byte(path: Path, offset: int) -> None:
     os.chmod(path, 0o644)  # objects are read-only; damage comes from outside cas-vault
     data = bytearray(path.read_bytes())
@@ -74,8 +99,9 @@ def committed(vault: Vault, sid: str, **kwargs) -> str:
 
 # -- 1. deep working directories ---------------------------------------------------------------
 def test_a_1000_deep_working_directory_breaks_neither_verify_nor_gc_and_is_refused_by_commit(
-    vault: Vault,
+    deep_vault: Vault,
 ) -> None:
+    vault = deep_vault
     committed(vault, "2024_01_01_ok")
     deep_wd = vault.new("2024_01_01_deep", domain="training", method="fine_tuning")
     (nest(deep_wd / "strata", 1000) / "x.bin").write_bytes(b"x")
@@ -109,12 +135,14 @@ def test_a_1000_deep_working_directory_breaks_neither_verify_nor_gc_and_is_refus
     assert run(vault, "verify").exit_code == 0
 
 
-def test_the_depth_bound_is_exact(tmp_path: Path) -> None:
-    (nest(tmp_path / "ok", MAX_TREE_DEPTH) / "f").write_bytes(b"")
-    assert list(iter_files(tmp_path / "ok")) == ["/".join(["d"] * MAX_TREE_DEPTH + ["f"])]
-    (nest(tmp_path / "deep", MAX_TREE_DEPTH + 1) / "f").write_bytes(b"")
+def test_the_depth_bound_is_exact(deep_vault: Vault) -> None:
+    top = deep_vault.root
+    for name, levels in (("ok", MAX_TREE_DEPTH), ("deep", MAX_TREE_DEPTH + 1)):
+        (top / name).mkdir()
+        (nest(top / name, levels) / "f").write_bytes(b"")
+    assert list(iter_files(top / "ok")) == ["/".join(["d"] * MAX_TREE_DEPTH + ["f"])]
     with pytest.raises(InvalidInputError, match="directory levels"):
-        list(iter_files(tmp_path / "deep"))
+        list(iter_files(top / "deep"))
 
 
 # -- 2. file names that are not UTF-8 ----------------------------------------------------------
@@ -153,9 +181,11 @@ def test_non_utf8_file_names_are_refused_at_commit_and_reported_by_verify_and_gc
     assert as_json.returncode == 0, as_json.stderr
     files = {i["file"] for i in json.loads(as_json.stdout)["info"]}
     assert os.fsdecode(b"specimens/2024_01_01_bad/.\xfd.tmp") in files  # the exact name
+    os.utime(os.fsencode(bad_wd) + b"/.\xfd.tmp", (1_000_000_000, 1_000_000_000))  # abandoned
     collected = run_process(vault, "gc", "--grace", "0", "--json")
     assert collected.returncode == 0, collected.stderr
-    json.loads(collected.stdout)
+    assert json.loads(collected.stdout)["removed"] == [
+        os.fsdecode(b"specimens/2024_01_01_bad/.\xfd.tmp")]
 
 
 # -- 3. SAE files that are not SAEs ------------------------------------------------------------
@@ -281,9 +311,14 @@ def test_plot_over_an_altered_metrics_object_reports_the_damage(
 
 # -- 6. Ctrl-C after the ref exists ------------------------------------------------------------
 _INTERRUPTING_DRIVER = """
+import importlib
 import sys
-import {module} as target
 from cas_vault.cli.main import main
+
+module, _, owner = {where!r}.partition(":")
+target = importlib.import_module(module)
+if owner:
+    target = getattr(target, owner)
 
 def interrupted(*args, **kwargs):
     raise KeyboardInterrupt  # what Ctrl-C raises, at a known point of the commit
@@ -293,8 +328,8 @@ main(sys.argv[1:])
 """
 
 
-def _interrupted_commit(vault: Vault, sid: str, module: str, name: str):
-    driver = _INTERRUPTING_DRIVER.format(module=module, name=name)
+def _interrupted_commit(vault: Vault, sid: str, where: str, name: str):
+    driver = _INTERRUPTING_DRIVER.format(where=where, name=name)
     return subprocess.run([sys.executable, "-c", driver, "--vault", str(vault.root), "commit", sid],
                           capture_output=True, text=True, timeout=300)
 
@@ -314,7 +349,7 @@ def test_ctrl_c_after_the_ref_exists_says_the_specimen_is_sealed(vault: Vault) -
 
 def test_ctrl_c_before_the_ref_exists_says_nothing_was_kept(vault: Vault) -> None:
     vault.new("2024_01_01_c", domain="training", method="fine_tuning")
-    proc = _interrupted_commit(vault, "2024_01_01_c", "cas_vault.refs.RefStore", "create")
+    proc = _interrupted_commit(vault, "2024_01_01_c", "cas_vault.refs:RefStore", "create")
     assert proc.returncode == 130, proc.stderr
     assert "interrupted; nothing half-written was kept" in proc.stderr
     assert vault.refs.get("2024_01_01_c") is None
@@ -326,7 +361,8 @@ def test_ctrl_c_before_the_ref_exists_says_nothing_was_kept(vault: Vault) -> Non
 def test_one_damaged_commit_does_not_hide_the_others_from_log(
     vault: Vault, damage: str, kind: str,
 ) -> None:
-    digests = {sid: committed(vault, sid) for sid in ("2024_01_01_a", "2024_01_01_b", "2024_01_01_c")}
+    ids = ("2024_01_01_a", "2024_01_01_b", "2024_01_01_c")
+    digests = {sid: committed(vault, sid) for sid in ids}
     bad = digests["2024_01_01_b"]
     path = vault.objects.path(bad)
     if damage == "altered":
@@ -341,7 +377,7 @@ def test_one_damaged_commit_does_not_hide_the_others_from_log(
     assert f"commit {bad}  DAMAGED ({kind})" in plain.output
     assert "`vault verify 2024_01_01_b`" in plain.output
 
-    as_json = CliRunner(mix_stderr=False).invoke(cli, ["--vault", str(vault.root), "log", "--json"])
+    as_json = run(vault, "log", "--json")
     assert as_json.exit_code == 1, as_json.output
     entries = json.loads(as_json.stdout)
     assert [e["specimen_id"] for e in entries] == ["2024_01_01_c", "2024_01_01_a", "2024_01_01_b"]

@@ -109,7 +109,7 @@ def test_clean_vault_cli_exit_0_and_json_schema(v: Vault) -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert set(doc) == {"ok", "mode", "specimens", "objects_checked", "bytes_hashed", "seconds",
-                        "problems", "info"}
+                        "problems", "info", "journal_tip"}
     assert doc["ok"] is True and doc["problems"] == [] and doc["mode"] == "full"
 
 
@@ -263,7 +263,9 @@ CASES: dict[str, tuple[Callable[[Vault], None], set[tuple[str, str | None, str |
     "edit_journal_last_commit": (_edit_journal_last_commit, {("ref_mismatch", "c", None)}, True),
     "delete_journal_middle": (_delete_journal_middle, {("journal_broken", "c", None),
                                                        ("unjournaled_ref", "b", None)}, True),
-    "delete_journal_last": (_delete_journal_last, {("unjournaled_ref", "c", None)}, True),
+    # The chain of what is left is intact: the tip record and the catalog witness the loss.
+    "delete_journal_last": (_delete_journal_last, {("unjournaled_ref", "c", None),
+                                                   ("journal_rolled_back", None, None)}, True),
     "reorder_journal": (_reorder_journal, {("journal_broken", "b", None),
                                            ("journal_broken", "a", None)}, True),
 }
@@ -286,7 +288,8 @@ def test_corruption_is_detected_and_named(v: Vault, case: str) -> None:
         assert _matches(found, want), (want, found)
     # Problems only of the kinds this tampering explains: no false positives around it (a
     # tampered ref also leaves the catalog disagreeing with the refs, which is true).
-    allowed = {k for k, _, _ in expected} | {"catalog_stale"}
+    # Any edit of the journal's lines also breaks the witnesses of its end.
+    allowed = {k for k, _, _ in expected} | {"catalog_stale", "journal_rolled_back"}
     assert {k for k, _, _ in found} <= allowed, found
     for p in report.problems:
         assert p.kind in PROBLEM_KINDS and p.message
@@ -464,7 +467,13 @@ def test_gc_cli_reports_and_dry_run(v: Vault) -> None:
 
 def test_interrupted_commit_is_recovered_and_reported_as_info(v: Vault) -> None:
     # A crash between creating the ref and journaling it: ref + intent file, no journal line.
+    # Nothing that comes after the line (its tip record, the catalog's update) happened.
+    from cas_vault.digest import hash_bytes
+    from cas_vault.refs import JournalTip
+
     write_journal(v, journal_lines(v)[:-1])
+    v.refs.tip_path.write_bytes(JournalTip(2, hash_bytes(journal_lines(v)[-1])).encode())
+    v.catalog_path.unlink()
     d = v.resolve("c")
     (v.refs.pending_dir).mkdir(parents=True, exist_ok=True)
     (v.refs.pending_dir / "c").write_text(d + "\n")

@@ -13,20 +13,28 @@ from .text import escape
 
 @cli.command()
 @click.option("--rebuild", is_flag=True, help="Drop the catalog and rebuild it from the journal and objects.")
+@click.option("--accept-rollback", is_flag=True,
+              help="With --rebuild: rebuild even though the journal lost lines the catalog "
+                   "witnessed (only after restoring a backup on purpose).")
 @vault_option
-def index(rebuild: bool, vault_path: str | None) -> None:
+def index(rebuild: bool, accept_rollback: bool, vault_path: str | None) -> None:
     """Bring vault.duckdb up to date; only commits not yet indexed are read.
 
     The catalog is derived data: deleting vault.duckdb loses nothing, the next
     `vault index` (or query) rebuilds it.
+
+    If the journal no longer holds lines the catalog indexed (or the tip record beside it
+    saw), nothing is rebuilt over them and the command exits 1: run `vault verify`.
 
     \b
     Examples:
       vault index
       vault index --rebuild
     """
+    if accept_rollback and not rebuild:
+        raise InvalidInputError("--accept-rollback only goes with --rebuild")
     v = open_vault(vault_path)
-    r = v.index(rebuild=rebuild)
+    r = v.index(rebuild=rebuild, accept_rollback=accept_rollback)
     what = "Rebuilt the catalog" if r.rebuilt else "Indexed"
     click.echo(f"{what}: {r.indexed:,} new commits, {r.total:,} specimens in {v.catalog_path} "
                f"({r.seconds:.2f} s)")

@@ -192,7 +192,8 @@ def show(specimen_id: str, as_json: bool, vault_path: str | None) -> None:
     click.echo(f"commit    {info.digest}")
     click.echo(f"created   {escape(c.created)}  by {escape(c.author)}")
     if c.message:
-        click.echo("message   " + escape(c.message, keep_newlines=True).replace("\n", "\n" + " " * 10))
+        lines = escape(c.message, keep_newlines=True).replace("\n", "\n" + " " * 10)
+        click.echo(f"message   {lines}")
     click.echo(f"domain    {escape(m.domain)}    method {escape(m.method)}"
                + (f"    model {escape(m.model)}" if m.model else ""))
     if m.tags:

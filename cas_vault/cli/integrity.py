@@ -38,9 +38,13 @@ class _Bar:
 @click.argument("specimen_ids", nargs=-1)
 @click.option("--quick", is_flag=True, help="Check existence and sizes only (no re-hashing).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (stable format).")
+@click.option("--witness", metavar="LINES:DIGEST", default=None,
+              help="A journal tip an earlier verify printed, kept outside the vault: exit 1 "
+                   "unless the journal still holds that line.")
 @vault_option
 def verify(
-    specimen_ids: tuple[str, ...], quick: bool, as_json: bool, vault_path: str | None,
+    specimen_ids: tuple[str, ...], quick: bool, as_json: bool, witness: str | None,
+    vault_path: str | None,
 ) -> None:
     """Check that every committed byte is what was sealed; exit 1 on any problem.
 
@@ -54,11 +58,12 @@ def verify(
       vault verify
       vault verify --quick
       vault verify 2024_12_19_my_experiment --json
+      vault verify --witness 12:9a31ba84...   # the "journal tip" of an earlier run
     """
     v = open_vault(vault_path)
     bar = _Bar("verify") if sys.stderr.isatty() else None
     try:
-        report = v.verify(list(specimen_ids), quick=quick, progress=bar)
+        report = v.verify(list(specimen_ids), quick=quick, progress=bar, witness=witness)
     finally:
         if bar is not None:
             bar.close()
@@ -78,6 +83,11 @@ def verify(
             f"{report.objects_checked} object(s), {human_bytes(report.bytes_hashed)} hashed in "
             f"{report.seconds:.1f} s: {verdict}"
         )
+        if report.journal_tip is not None:
+            # Someone who removes the last journal lines can rewrite every record in the vault;
+            # a copy of this line kept elsewhere cannot be.
+            click.echo(f"journal tip: {report.journal_tip} (keep it elsewhere: "
+                       "`vault verify --witness` with it later proves no line was removed)")
     if not report.ok:
         click.get_current_context().exit(1)
 

@@ -78,7 +78,8 @@ def import_legacy(path: str, as_json: bool, vault_path: str | None) -> None:
         echo_json(report.to_dict())
     else:
         for item in report.imported:
-            click.echo(f"imported  {item.specimen_id}  {item.commit[:16]}  from {escape(item.source)}")
+            click.echo(f"imported  {item.specimen_id}  {item.commit[:16]}  "
+                       f"from {escape(item.source)}")
         if report.already:
             click.echo(f"already imported: {len(report.already)} specimen(s), left as they are")
         for prob in report.problems:
