@@ -29,6 +29,7 @@ __all__ = [
     "fsync_many",
     "fsync_path",
     "link_if_absent",
+    "makedirs_durable",
     "put_if_absent",
     "replace_with",
     "temp_path",
@@ -130,7 +131,7 @@ def _write_temp(
     except FileNotFoundError:
         # Layout directories (tmp/, refs/, locks/) are not tracked by git, so a vault that
         # lives in a fresh clone may lack them: create on first write.
-        directory.mkdir(parents=True, exist_ok=True)
+        makedirs_durable(directory)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         _write_fd(fd, data)
@@ -260,6 +261,25 @@ def put_if_absent(
         tmp.unlink(missing_ok=True)
 
 
+def makedirs_durable(path: Path) -> None:
+    """Create ``path`` and its missing parents, each new name made durable in its parent.
+
+    A file later made durable in a new directory is reachable after a power cut only if the
+    directory's own entry is durable too, so every created level's parent is fsynced.
+    """
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue  # another writer made it; it made it durable (or will) as we do
+        fsync_dir(d.parent)
+
+
 def link_if_absent(src: Path, dest: Path, sync_dir: bool = True) -> bool:
     """Hard-link ``src`` to ``dest`` unless ``dest`` exists.
 
@@ -279,7 +299,7 @@ def link_if_absent(src: Path, dest: Path, sync_dir: bool = True) -> bool:
     except FileExistsError:
         return False
     except FileNotFoundError:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        makedirs_durable(dest.parent)
         try:
             os.link(src, dest)
         except FileExistsError:

@@ -832,6 +832,8 @@ class Vault:
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self._copy_verified(entry.digest, target)
+            # Every name in the copied tree is durable before the tree gets its final name.
+            fsync_many(Path(d) for d, _, _ in os.walk(tmp))
             if dest.exists():
                 dest.rmdir()
             os.rename(tmp, dest)

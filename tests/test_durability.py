@@ -13,6 +13,7 @@ before Y" below means an fsync of X's path returned before Y was called.
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -695,6 +696,30 @@ def test_gc_makes_its_removals_durable_before_letting_writers_in(
         assert_fsynced_between(fs_log, parent(removed), i, unlock, f"removal of {removed}")
 
 
+def test_gc_gives_a_shared_object_durable_bytes_before_its_name(
+    vault: Vault, make_specimen, fs_log: FsLog, tmp_path: Path,
+) -> None:
+    """An object that another path also names is replaced by a copy of its own (put under its
+    name like a replace: bytes fsynced first, its directory after), under gc.lock."""
+    make_specimen("s1")
+    digest = vault.commit("s1").tree["strata/config.msgpack"].digest
+    obj = vault.objects.path(digest)
+    if obj.stat().st_nlink == 1:
+        os.link(obj, tmp_path / "second name")
+    with fs_log.recording():
+        report = vault.gc()
+    if not getattr(report, "unshared_objects", 0):
+        pytest.skip("this gc leaves objects that have other names alone")
+    i = fs_log.last("replace", f"tmp/{TMP}", object_path(digest))
+    tmp = fs_log.events[i].path
+    assert_fsynced_between(fs_log, tmp, fs_log.first("create", tmp), i, "copy before the name")
+    unlock = fs_log.last("unlock", "locks/gc.lock")
+    assert_fsynced_between(fs_log, f"objects/{digest[:2]}", i, unlock, "the object's new inode")
+    lock = fs_log.last("lock", "locks/gc.lock")
+    assert lock < i and not fs_log.events[lock].shared
+    assert vault.objects.get(digest) and obj.stat().st_nlink == 1
+
+
 def test_checkout_makes_every_file_durable_before_the_rename(
     vault: Vault, make_specimen, fs_log: FsLog, tmp_path: Path,
 ) -> None:
@@ -732,12 +757,7 @@ def test_log_parts_are_durable_and_the_assembled_file_precedes_their_removal(
     assert_fsynced_between(fs_log, "specimens/l1/strata", final, first_removal, "assembled file")
 
 
-# -- known gaps (strict xfail: each passes, and must lose its mark, once the code is fixed) --
-@pytest.mark.xfail(strict=True, reason=(
-    "a commit creates locks/pending/ (first commit of a vault) and missing fan-out directories "
-    "with mkdir but never fsyncs their parent directory, so their entries are not durable "
-    "before the ref is created"
-))
+# -- directories created on the way, and checkouts --
 @pytest.mark.parametrize("created", ["locks/pending", "fan-outs"])
 def test_directories_a_commit_creates_are_named_durably_before_the_ref(
     vault: Vault, make_specimen, fs_log: FsLog, created: str,
@@ -764,11 +784,6 @@ def test_directories_a_commit_creates_are_named_durably_before_the_ref(
                                f"entry of the new directory {new}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "checkout fsyncs each copied file and the destination's parent, but not the directories "
-    "of the copied tree (the temp directory itself, strata/), so their entries may be lost "
-    "after the rename is durable"
-))
 def test_checkout_names_its_files_durably_before_the_rename(
     vault: Vault, make_specimen, fs_log: FsLog, tmp_path: Path,
 ) -> None:
