@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .atomic import FileLock, write_replace
+from .workdir import check_uncommitted, writing
 from .commit import utc_now
 from .errors import InvalidInputError, NotFoundError
 
@@ -62,8 +63,11 @@ def append_note(vault: Vault, specimen_id: str, text: str) -> Path:
         )
     path = wd / NOTES_NAME
     entry = f"### {utc_now()}\n\n{text.strip()}\n"
-    # Concurrent notes must not lose each other: read-append-replace under a lock.
-    with FileLock(vault.root / "locks" / f"notes.{specimen_id}.lock"):
+    # Concurrent notes must not lose each other: read-append-replace under a lock. The working
+    # directory's writer lock keeps a commit from sealing the notes half-way, and the check for
+    # a ref under it from appending to a specimen sealed meanwhile.
+    with writing(wd), FileLock(vault.root / "locks" / f"notes.{specimen_id}.lock"):
+        check_uncommitted(wd)
         try:
             current = path.read_text(encoding="utf-8")
         except FileNotFoundError:

@@ -253,16 +253,25 @@ def _flatten_nested(df: pl.DataFrame) -> pl.DataFrame:
     import polars as pl
 
     nested = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Array, pl.Struct))]
-    if not nested:
+    binary = [c for c, t in df.schema.items() if t == pl.Binary]
+    if not nested and not binary:
         return df
     return df.with_columns(
-        pl.Series(c, [None if v is None else json.dumps(v, default=str) for v in df[c].to_list()],
-                  dtype=pl.String)
-        for c in nested
+        *(pl.Series(c, [None if v is None else json.dumps(v, default=_json_default)
+                        for v in df[c].to_list()], dtype=pl.String) for c in nested),
+        *(pl.Series(c, [None if v is None else blob_text(v) for v in df[c].to_list()],
+                    dtype=pl.String) for c in binary),
     )
 
 
+def blob_text(value: bytes) -> str:
+    """Binary as text the way DuckDB writes a BLOB: ``\\xAA\\xBB``, every byte escaped."""
+    return "".join(f"\\x{b:02X}" for b in value)
+
+
 def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return blob_text(bytes(value))
     iso = getattr(value, "isoformat", None)  # datetimes, dates, times
     return iso() if callable(iso) else str(value)
 

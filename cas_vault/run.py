@@ -29,7 +29,7 @@ from .errors import (
 )
 from .provenance import capture_environment
 from .seeding import SEEDS_FILE_ENV, read_seeds_file
-from .workdir import PRIVATE_DIR
+from .workdir import PRIVATE_DIR, writing
 
 if TYPE_CHECKING:
     from .vault import Vault
@@ -199,7 +199,10 @@ def _stream(
 ) -> int:
     """Run ``command``, teeing its merged output to ``log_path`` and ``output``; return status."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    with open(log_path, "wb") as log:
+    # The log is written for as long as the protocol runs: hold the working directory's writer
+    # lock meanwhile, so a commit from elsewhere waits for the whole log (shared: the
+    # protocol's own SpecimenStorage writes take it too).
+    with writing(log_path.parent), open(log_path, "wb") as log:
         proc = subprocess.Popen(
             command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -448,3 +448,23 @@ def test_log_graph_draws_branches_and_merges(vault, make_specimen):
     assert "lonely" not in lineage.output and "root" in lineage.output
     both = CliRunner().invoke(cli, ["--vault", str(vault.root), "log", "--graph", "--json"])
     assert both.exit_code == 2
+
+
+def test_binary_columns_render_as_duckdb_blob_text_in_csv_and_json(tmp_path) -> None:
+    # polars cannot write binary to CSV; a query selecting a BLOB must not end as an internal
+    # error, and the text must say exactly which bytes (as DuckDB itself prints a BLOB).
+    import json
+
+    from click.testing import CliRunner
+
+    from cas_vault import Vault
+    from cas_vault.cli import cli
+
+    v = Vault.init(tmp_path / "v")
+    sql = "SELECT '\\xAA\\x00'::BLOB AS b, [('\\x01')::BLOB] AS l, 7 AS n"
+    r = CliRunner().invoke(cli, ["--vault", str(v.root), "query", sql, "--format", "csv"])
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines()[:2] == ["b,l,n", '\\xAA\\x00,"[""\\\\x01""]",7']
+    r = CliRunner().invoke(cli, ["--vault", str(v.root), "query", sql, "--format", "json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == [{"b": "\\xAA\\x00", "l": ["\\x01"], "n": 7}]

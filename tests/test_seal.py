@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import blake3
@@ -279,3 +280,33 @@ def test_four_writers_keep_changing_specimens_while_200_commits_run(vault: Vault
         # Only ever appended to: what was sealed is a snapshot of the log at one moment.
         assert (vault.specimen_dir(sid) / "strata" / "t.log").read_bytes().startswith(sealed)
     print(json.dumps({"commits": len(committed), "refused_mid_copy": refused}))
+
+
+def test_a_commit_waits_for_vault_run_and_seals_the_whole_log(vault: Vault, tmp_path: Path) -> None:
+    wd = vault.new("ran", domain="training", method="fine_tuning")
+    started, go = tmp_path / "started", tmp_path / "go"
+    (wd / "protocol.py").write_text(textwrap.dedent(f"""
+        import pathlib, time
+        print("first half", flush=True)
+        pathlib.Path({str(started)!r}).touch()
+        while not pathlib.Path({str(go)!r}).exists():
+            time.sleep(0.01)
+        print("second half", flush=True)
+    """))
+    runner = subprocess.Popen([sys.executable, "-m", "cas_vault", "--vault", str(vault.root),
+                               "run", "ran"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        while not started.exists():  # an event, not a duration: the protocol says it runs
+            assert runner.poll() is None, runner.communicate()
+            time.sleep(0.01)
+        with pytest.raises(LockTimeoutError, match="still being written"):
+            vault.commit("ran", lock_timeout=0.5)
+        go.touch()
+        out, err = runner.communicate(timeout=120)
+    finally:
+        go.touch()
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 0, err
+    assert vault.specimen("ran").read_bytes("run.log") == b"first half\nsecond half\n"
