@@ -10,11 +10,13 @@ side in one run:
    one, fsync it, fsync its directory, with ``os.copy_file_range`` and with read/write of 4 MiB
    blocks; the faster of the two is the peer (target: commit <= 1.3x it). Both sides start
    alike: the source is written just before (the same function, and fsynced untimed so that no
-   write-back of it competes with the timed phase), so both read it from the page cache. Every
-   round writes new bytes (no deduplication) and runs the variants in a rotated order;
-   medians are reported, ratios are medians of per-round ratios. The commit is also shown
-   inside ``Vault.batch()`` (catalog update deferred, not timed), to show what the catalog
-   adds, and BLAKE3 alone over the same bytes in one thread, the hashing a copy adds;
+   write-back of it competes with the timed phase), so both read it from the page cache, and
+   every trial removes what it wrote once timed, so each starts just after a cleanup (see
+   :func:`bench_large` on why that matters on a VM). Every trial writes new bytes (no
+   deduplication); the variants run in a rotated order, medians are reported, ratios are
+   medians of per-round ratios, and each figure's system CPU time is shown. The commit is
+   also shown inside ``Vault.batch()`` (catalog update deferred, not timed), to show what the
+   catalog adds, and BLAKE3 alone over the same bytes in one thread, the hashing a copy adds;
 2. a small commit (100 steps x 3 metric columns via ``SpecimenStorage.write_metrics`` and a
    config via ``write_config``), with the code checked out here ("current") and with the code
    of a baseline revision (default f85056e, the last commit that hard-linked working files)
@@ -37,8 +39,10 @@ Usage: python benchmarks/bench_seal.py [--quick] [--rounds N] [--commits N]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -142,13 +146,24 @@ def blake3_alone(data: bytes | bytearray, repeats: int = 3) -> float:
     return best
 
 
-def bench_large(scratch: Path, size: int, rounds: int) -> dict[str, list[float]]:
+def sys_seconds() -> float:
+    """System CPU time used so far by this process (all its threads)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
+def bench_large(scratch: Path, size: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
     """Time committing a ``size``-byte user-written file against a bare copy + fsync of it.
 
+    Every trial removes what it wrote (source and copy; for a commit, the working directory and
+    the blob's object) once its clock has stopped. On a VM that hands freed memory back to its
+    host, filling the page cache costs up to 10x more system time when no recently freed pages
+    are at hand, so a trial that follows one which kept its files pays more than one that
+    follows a cleanup: with the cleanup, every trial, commit or copy, starts in the same state.
+
     Returns:
-        Per-round seconds of ``commit`` (``Vault.commit``), ``commit_batch`` (the same inside
-        ``Vault.batch()``, the catalog update at its end not timed), ``copy_range`` and
-        ``copy_blocks``.
+        Per variant, per round: ``(seconds, system CPU seconds)``, for ``commit``
+        (``Vault.commit``), ``commit_batch`` (the same inside ``Vault.batch()``, the catalog
+        update at its end not timed), ``copy_range`` and ``copy_blocks``.
     """
     from cas_vault import Vault
 
@@ -167,50 +182,45 @@ def bench_large(scratch: Path, size: int, rounds: int) -> dict[str, list[float]]
         data[:8] = trial.to_bytes(8, "little")
         return data
 
-    def new_specimen() -> str:
-        payload = fresh()
-        sid = f"2024_12_19_seal_{trial:04d}"
-        wd = v.new(sid, domain="training", method="fine_tuning")
-        write_source(wd / "strata" / "blob.bin", payload)
-        return sid
-
-    # Warm-up, untimed: imports, the catalog's creation, tmp/ and the first fan-out directories
-    # are one-off costs, not a commit's; the copy functions run once too.
-    v.commit(new_specimen())
-    write_source(bare / "src" / "warm.bin", fresh())
-    copy_range(bare / "src" / "warm.bin", bare / "copies" / "warm-range.bin")
-    copy_blocks(bare / "src" / "warm.bin", bare / "copies" / "warm-blocks.bin")
-
-    def commit_plain() -> float:
-        sid = new_specimen()
-        t = time.perf_counter()
-        v.commit(sid, message="bench")
-        return time.perf_counter() - t
-
-    def commit_in_batch() -> float:
-        sid = new_specimen()
-        with v.batch():
-            t = time.perf_counter()
-            v.commit(sid, message="bench")
-            elapsed = time.perf_counter() - t
-        return elapsed
-
-    def bare_copy(copy: Callable[[Path, Path], float], tag: str) -> Callable[[], float]:
-        def run() -> float:
+    def committing(in_batch: bool) -> Callable[[], tuple[float, float]]:
+        def run() -> tuple[float, float]:
             payload = fresh()
-            src = bare / "src" / f"{trial:04d}.bin"
-            write_source(src, payload)
-            return copy(src, bare / "copies" / f"{trial:04d}-{tag}.bin")
+            sid = f"2024_12_19_seal_{trial:04d}"
+            wd = v.new(sid, domain="training", method="fine_tuning")
+            write_source(wd / "strata" / "blob.bin", payload)
+            with v.batch() if in_batch else contextlib.nullcontext():
+                s0, t = sys_seconds(), time.perf_counter()
+                commit = v.commit(sid, message="bench")
+                out = time.perf_counter() - t, sys_seconds() - s0
+            shutil.rmtree(wd)
+            v.objects.path(commit.tree["strata/blob.bin"].digest).unlink()
+            return out
         return run
 
-    variants: dict[str, Callable[[], float]] = {
-        "commit": commit_plain,
-        "commit_batch": commit_in_batch,
-        "copy_range": bare_copy(copy_range, "range"),
-        "copy_blocks": bare_copy(copy_blocks, "blocks"),
+    def copying(copy: Callable[[Path, Path], float], tag: str) -> Callable[[], tuple[float, float]]:
+        def run() -> tuple[float, float]:
+            payload = fresh()
+            src, dst = bare / "src" / f"{trial:04d}.bin", bare / "copies" / f"{trial:04d}-{tag}.bin"
+            write_source(src, payload)
+            s0 = sys_seconds()
+            out = copy(src, dst), sys_seconds() - s0
+            src.unlink()
+            dst.unlink()
+            return out
+        return run
+
+    variants = {
+        "commit": committing(False),
+        "commit_batch": committing(True),
+        "copy_range": copying(copy_range, "range"),
+        "copy_blocks": copying(copy_blocks, "blocks"),
     }
+    # Warm-up, untimed: imports, the catalog's creation, tmp/ and first-use costs are paid
+    # once, not per commit; every variant runs once, so the first round starts as later ones.
+    for run in variants.values():
+        run()
     names = list(variants)
-    out: dict[str, list[float]] = {name: [] for name in names}
+    out: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for r in range(rounds):
         # Rotated order: no variant always runs first, or always right after another one.
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -264,7 +274,6 @@ def worker(where: Path, n: int, warm: int, expect_root: Path) -> dict[str, objec
             one(v, 10**6 + i)
         commits, specimens = [], []
         if mode == "batch":
-            t = time.perf_counter()
             with v.batch():
                 for i in range(n):
                     c, s = one(v, i)
@@ -272,7 +281,6 @@ def worker(where: Path, n: int, warm: int, expect_root: Path) -> dict[str, objec
                     specimens.append(s)
                 t_end = time.perf_counter()
             out["batch_catalog_s"] = time.perf_counter() - t_end
-            out["batch_total_s"] = time.perf_counter() - t
         else:
             for i in range(n):
                 c, s = one(v, i)
@@ -333,7 +341,7 @@ def bench_small(scratch: Path, baseline: Path, rounds: int, per_round: int,
     """Alternate the baseline and current workers for ``rounds`` rounds.
 
     Returns:
-        The timings (``batch_catalog_s`` and ``batch_total_s`` as one-element lists per round)
+        The timings (``batch_catalog_s`` as a one-element list per round)
         and, per side, the file ``cas_vault`` was imported from.
     """
     sides = {"baseline": baseline, "current": REPO}
@@ -368,33 +376,39 @@ def ratio(xs: Sequence[float], ys: Sequence[float]) -> float:
     return med(x / y for x, y in zip(xs, ys, strict=True))
 
 
-def report_large(res: dict[str, list[float]], size: int, rounds: int, hash_s: float) -> None:
+def report_large(res: dict[str, list[tuple[float, float]]], size: int, rounds: int,
+                 hash_s: float) -> None:
     """Print section 1."""
     mib = size / MIB
+    secs = {k: [t for t, _ in runs] for k, runs in res.items()}
+
+    def sys_note(key: str) -> str:
+        return f"[sys CPU {med(s for _, s in res[key]):.2f} s]"
+
     print(f"1. a {mib:.0f} MiB user-written file (strata/blob.bin, random bytes written with plain "
           f"Python), {rounds} rounds in rotated order, medians; ratios are medians of per-round "
           "ratios")
     peers = {"copy_range": "os.copy_file_range", "copy_blocks": "read/write of 4 MiB blocks"}
     for key, label in peers.items():
-        xs = res[key]
+        xs = secs[key]
         print(f"   bare copy + fsync, {label + ':':31} {med(xs):7.3f} s  "
-              f"({mib / med(xs):6.0f} MiB/s)   rounds: {listed(xs)}")
-    best = min(peers, key=lambda k: med(res[k]))
+              f"({mib / med(xs):6.0f} MiB/s)   rounds: {listed(xs)}  {sys_note(key)}")
+    best = min(peers, key=lambda k: med(secs[k]))
     print(f"   the peer at its best: {peers[best]} (lower median)  <- 'bare'")
-    r = ratio(res["commit"], res[best])
-    print(f"   vault.commit (copy, hash, fsync, link):       {med(res['commit']):7.3f} s  "
-          f"({mib / med(res['commit']):6.0f} MiB/s)  = {r:.2f}x bare   "
-          f"[target <= 1.3x: {verdict(r <= 1.3)}]   rounds: {listed(res['commit'])}")
-    rb = ratio(res["commit_batch"], res[best])
-    print(f"   vault.commit in Vault.batch() (no catalog):   {med(res['commit_batch']):7.3f} s  "
-          f"({mib / med(res['commit_batch']):6.0f} MiB/s)  = {rb:.2f}x bare   "
-          f"rounds: {listed(res['commit_batch'])}")
-    print(f"   BLAKE3 alone, one thread, 4 MiB updates:      {hash_s:7.3f} s  "
+    for key, label, target in (
+            ("commit", "vault.commit (copy, hash, fsync, link):", True),
+            ("commit_batch", "vault.commit in Vault.batch() (no catalog):", False)):
+        xs = secs[key]
+        r = ratio(xs, secs[best])
+        tail = f"[target <= 1.3x: {verdict(r <= 1.3)}]" if target else "(no target)"
+        print(f"   {label:50} {med(xs):7.3f} s  ({mib / med(xs):6.0f} MiB/s)  = {r:.2f}x bare"
+              f"   {tail}   rounds: {listed(xs)}  {sys_note(key)}")
+    print(f"   {'BLAKE3 alone, one thread, 4 MiB updates:':50} {hash_s:7.3f} s  "
           f"({mib / hash_s:6.0f} MiB/s): the hashing a commit adds to a copy "
-          f"(= {hash_s / med(res[best]):.2f}x bare)")
+          f"(= {hash_s / med(secs[best]):.2f}x bare)")
 
 
-def report_small(res: SmallResults, files: dict[str, str], rev: str, dirty: bool,
+def report_small(res: SmallResults, files: dict[str, str], rev: str, dirty: list[str],
                  baseline: Path, rounds: int, per_round: int) -> None:
     """Print section 2."""
     b, c = res["baseline"], res["current"]
@@ -403,7 +417,8 @@ def report_small(res: SmallResults, files: dict[str, str], rev: str, dirty: bool
           f"x {per_round} commits per side and mode (a fresh vault each), medians of all "
           f"{rounds * per_round}; ratios are medians of per-round ratios of medians")
     print(f"   baseline: {rev[:7]} in {baseline} (cas_vault from {files['baseline']})")
-    print(f"   current:  {head}{' + uncommitted changes under cas_vault/' if dirty else ''} in "
+    changes = f" + uncommitted changes to {', '.join(dirty)}" if dirty else ""
+    print(f"   current:  {head}{changes} in "
           f"{REPO} (cas_vault from {files['current']})")
 
     def line(key: str, label: str, target: bool) -> None:
@@ -460,7 +475,9 @@ def main() -> None:
     rev = dirty = None
     if not args.skip_small:
         rev = ensure_baseline(args.baseline_tree, args.baseline_rev)
-        dirty = bool(git(REPO, "status", "--porcelain", "--", "cas_vault"))
+        # Others may be editing this checkout: what "current" measured is named in the report.
+        status = git(REPO, "status", "--porcelain", "--", "cas_vault")
+        dirty = [ln[3:] for ln in status.splitlines()]
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_seal_", dir=args.dir))
     try:

@@ -3,12 +3,17 @@
 Measures, in one run on the same array (2-D, random normal, float32):
 
 1. bare disk: the same bytes written as 4 MiB files by a few threads, one fsync each
-   (no hashing, no format): the limit; also fsynced in rounds of 64 MiB as cas-vault does
-   (zarrstore.SYNC_BATCH_BYTES), and written to the page cache only (not durable);
+   (no hashing, no format): the limit; also with 8 threads (as many as cas-vault), with 8
+   threads fsynced in rounds of 64 MiB as cas-vault does (zarrstore.SYNC_BATCH_BYTES), and
+   written to the page cache only (not durable). Of the three durable ones, the fastest in
+   the run (lowest median) is "bare", the figure every ratio and target uses: the peer at its
+   best;
 2. cas-vault commit, ``write_tensors`` + ``Vault.commit``, at two settings reported side by
    side, each with its ratio to the bare disk: the tuned path (``compressor=None``, 4 MiB
-   chunks; target: within 2x) and the defaults (``write_tensors(name, arr)``: zstd level 3,
-   default chunks), what a user gets without tuning;
+   chunks; target: within 1.3x) and the defaults (``write_tensors(name, arr)``: zstd level 3,
+   default chunks), what a user gets without tuning. ``write_tensors`` puts its chunks
+   straight into ``objects/`` as it writes them (there is no working copy), so the commit
+   reads no tensor bytes: the two are timed together, and shown apart as write and commit;
 3. an identical second copy in a new specimen, at both settings: ``write_tensors`` +
    ``Vault.commit`` timed together, bytes added to ``objects/`` (target < 1 MiB) and
    throughput (target >= 2 GiB/s, tuned path), next to BLAKE3 alone over the same bytes (the
@@ -429,6 +434,14 @@ def main() -> None:
 
     med = statistics.median
     b, b8 = med(base), med(base8)
+    # The peer at its best: any one bare-disk writer can be slowed in a given run (refilling
+    # the page cache, see above), so ratios and targets use the fastest durable one.
+    bares = {"bare": base, "bare8": base8, "rounds8": rounds8}
+    best = min(bares, key=lambda k: med(bares[k]))
+    bare = bares[best]
+
+    def mark(key: str) -> str:
+        return "   <- 'bare'" if key == best else ""
 
     def summary(runs: list[dict[str, float]]) -> dict[str, float]:
         out = {k: med(run[k] for run in runs) for k in runs[0]}
@@ -460,27 +473,30 @@ def main() -> None:
     print(f"BLAKE3 alone ({os.cpu_count()} threads, 4 MiB chunks):     {floor:7.3f} s  "
           f"({gib / floor:.2f} GiB/s): the floor of any write of these bytes, even a copy")
     print(f"bare disk ({args.threads} threads, 4 MiB files, fsync each): {b:7.3f} s  "
-          f"({gib / b:.2f} GiB/s)   rounds: {listed(base)}  {sys_note('bare')}   <- 'bare'")
+          f"({gib / b:.2f} GiB/s)   rounds: {listed(base)}  {sys_note('bare')}{mark('bare')}")
     print(f"bare disk (8 threads, as many as cas-vault):  {b8:7.3f} s  ({gib / b8:.2f} GiB/s)"
-          f"   rounds: {listed(base8)}  {sys_note('bare8')}")
+          f"   rounds: {listed(base8)}  {sys_note('bare8')}{mark('bare8')}")
     print(f"bare disk (8 threads, fsync in 64 MiB rounds as cas-vault): {med(rounds8):7.3f} s  "
-          f"({gib / med(rounds8):.2f} GiB/s)   rounds: {listed(rounds8)}  {sys_note('rounds8')}")
+          f"({gib / med(rounds8):.2f} GiB/s)   rounds: {listed(rounds8)}  {sys_note('rounds8')}"
+          f"{mark('rounds8')}")
     print(f"page cache only (no fsync, not durable):     {med(cache):7.3f} s  "
           f"({gib / med(cache):.2f} GiB/s)  {sys_note('cache')}")
 
     print("cas-vault write_tensors + commit (durable), side by side:")
-    r_tuned = ratio(commit_rounds, base)
+    r_tuned = ratio(commit_rounds, bare)
     print(f"  compressor=None, 4 MiB chunks (tuned):     {c['commit_s']:7.3f} s  "
           f"({gib / c['commit_s']:.2f} GiB/s)  = {r_tuned:.2f}x bare   "
-          f"[target <= 2x: {verdict(r_tuned, 2.0, False)}]"
-          f"   (= {ratio(commit_rounds, rounds8):.2f}x bare in rounds; write {c['write_s']:.3f} s, "
+          f"[target <= 1.3x: {verdict(r_tuned, 1.3, False)}]"
+          f"   (= {ratio(commit_rounds, base):.2f}x / {ratio(commit_rounds, base8):.2f}x / "
+          f"{ratio(commit_rounds, rounds8):.2f}x bare with {args.threads} threads / 8 threads / "
+          f"in rounds; write {c['write_s']:.3f} s, "
           f"commit {c['commit_s'] - c['write_s']:.3f} s; rounds: {listed(commit_rounds)})  "
           f"{sys_note('cas')}")
-    r_def = ratio(default_rounds, base)
+    r_def = ratio(default_rounds, bare)
     print(f"  defaults, write_tensors(name, arr) (zstd): {cd['commit_s']:7.3f} s  "
           f"({gib / cd['commit_s']:.2f} GiB/s)  = {r_def:.2f}x bare   "
-          f"(the 2x target is set on the tuned path; at defaults it is "
-          f"{verdict(r_def, 2.0, False)})   = {ratio(default_rounds, commit_rounds):.2f}x the "
+          f"(the 1.3x target is set on the tuned path; at defaults it is "
+          f"{verdict(r_def, 1.3, False)})   = {ratio(default_rounds, commit_rounds):.2f}x the "
           f"tuned path; stored {cd['stored_bytes'] / a.nbytes:.1%} of the raw bytes; write "
           f"{cd['write_s']:.3f} s, commit {cd['commit_s'] - cd['write_s']:.3f} s; rounds: "
           f"{listed(default_rounds)})  {sys_note('cas_def')}")
@@ -492,11 +508,11 @@ def main() -> None:
         faster_sync = ratio(ice_sync, commit_rounds)
         print("icechunk commit (compressors=None, 4 MiB chunks), vs cas-vault compressor=None:")
         print(f"  commit alone (nothing fsynced, not durable): {med(ice_alone):7.3f} s  "
-              f"= {ratio(ice_alone, base):.2f}x bare;  cas-vault is {faster_alone:.2f}x faster"
+              f"= {ratio(ice_alone, bare):.2f}x bare;  cas-vault is {faster_alone:.2f}x faster"
               f"   rounds: {listed(ice_alone)}  {sys_note('ice')}")
         print(f"  commit + fsync of the {med(x['files'] for x in ice):.0f} files and "
               f"{med(x['dirs'] for x in ice):.0f} dirs it wrote: {med(ice_sync):7.3f} s "
-              f"(fsync {med(x['fsync_s'] for x in ice):.3f} s)  = {ratio(ice_sync, base):.2f}x "
+              f"(fsync {med(x['fsync_s'] for x in ice):.3f} s)  = {ratio(ice_sync, bare):.2f}x "
               f"bare;  cas-vault is {faster_sync:.2f}x faster   "
               f"[target >= 2x: {verdict(faster_sync, 2.0, True)}]   rounds: {listed(ice_sync)}")
         print("  the target uses the commit + fsync figure: equal durability, as a cas-vault "
@@ -519,14 +535,14 @@ def main() -> None:
             print(f"  {label}:")
             print(f"    save + add (not fsynced):      {med(alone):7.3f} s  (save "
                   f"{med(x['save_s'] for x in runs):.3f} s, add {med(x['add_s'] for x in runs):.3f}"
-                  f" s)  = {ratio(alone, base):.2f}x bare;  cas-vault is "
+                  f" s)  = {ratio(alone, bare):.2f}x bare;  cas-vault is "
                   f"{ratio(alone, commit_rounds):.2f}x faster "
                   f"[{ratio(alone, default_rounds):.2f}x]   rounds: {listed(alone)}  "
                   f"{sys_note('dvc_' + setting)}")
             faster = ratio(synced, commit_rounds)
             print(f"    save + add + fsync of the {med(x['files'] for x in runs):.0f} files and "
                   f"{med(x['dirs'] for x in runs):.0f} dirs dvc add wrote: {med(synced):7.3f} s "
-                  f"(fsync {med(x['fsync_s'] for x in runs):.3f} s)  = {ratio(synced, base):.2f}x "
+                  f"(fsync {med(x['fsync_s'] for x in runs):.3f} s)  = {ratio(synced, bare):.2f}x "
                   f"bare;  cas-vault is {faster:.2f}x faster [{ratio(synced, default_rounds):.2f}x]"
                   f"   [target >= 3x: {verdict(faster, 3.0, True)}]   rounds: {listed(synced)}")
         print("  the target uses the + fsync figures (equal durability), at each cache setting")

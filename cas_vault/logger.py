@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import FileLock, write_replace
+from .atomic import FileLock, makedirs_durable, write_replace
 from .commit import Commit, utc_now
 from .errors import (
     AlreadyExistsError,
@@ -438,7 +438,8 @@ class SpecimenLogger:
                 raise AlreadyExistsError(
                     f"{final} exists already; log under another name= or into a new specimen"
                 )
-            (_log_root(self.path) / self.name).mkdir(parents=True, exist_ok=True)
+            # Every level durable in its parent, so flushed parts keep their names.
+            makedirs_durable(_log_root(self.path) / self.name)
         except BaseException:
             lock.release()
             raise

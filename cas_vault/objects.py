@@ -21,6 +21,7 @@ from .atomic import (
     fsync_dir,
     fsync_many,
     link_if_absent,
+    makedirs_durable,
     put_if_absent,
     replace_with,
     temp_path,
@@ -34,6 +35,8 @@ __all__ = ["ObjectBatch", "ObjectStore"]
 _OBJECT_MODE = 0o444
 #: Bytes read and written per call when a file is copied into the store.
 COPY_BLOCK = 4 << 20
+#: Files up to this size are read whole and hashed before any temp file is made for them.
+SMALL_FILE = 1 << 20
 
 
 class ObjectStore:
@@ -290,27 +293,22 @@ class ObjectBatch:
                 raise InvalidInputError(
                     f"{src} is a symlink; copy the data into the specimen") from None
             raise exc
+        data: bytes | None = None
+        tmp: Path | None = None
         try:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
                 raise InvalidInputError(
                     f"{src} is not a regular file; only regular files are sealed")
-            tmp = temp_path(self.store.tmp_dir, "c")
-            try:
-                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                              _OBJECT_MODE)
-            except FileNotFoundError:
-                self.store.tmp_dir.mkdir(parents=True, exist_ok=True)
-                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                              _OBJECT_MODE)
-            try:
-                digest, size = _copy_hashing(fd, out, before.st_size)
-            except BaseException:
-                os.close(out)
-                tmp.unlink(missing_ok=True)
-                raise
-            os.close(out)
-            after = os.fstat(fd)
+            if before.st_size <= SMALL_FILE:
+                # Read whole, hashed once: an object that exists already (a protocol, notes or
+                # config repeated across specimens) then costs no new file at all, and creating
+                # a file is the dearest step of a small commit.
+                data = _read_all(fd, before.st_size)
+                after = os.fstat(fd)
+                digest, size = hash_bytes(data), len(data)
+            else:
+                tmp, digest, size, after = self._copy_to_temp(fd, before.st_size)
         finally:
             os.close(fd)
         try:
@@ -319,16 +317,45 @@ class ObjectBatch:
             now = None
         if (size != before.st_size or _identity(after) != _identity(before)
                 or now is None or (now.st_ino, now.st_dev) != (before.st_ino, before.st_dev)):
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise FileChangedError(
                 f"{src} changed while it was being committed; nothing was sealed. Wait for "
                 "whatever writes it to finish (or stop it), then commit again"
             )
         if self._stage(digest):
-            self._link[digest] = tmp
-        else:
+            self._link[digest] = tmp if tmp is not None else write_temp(
+                self.store.tmp_dir, data if data is not None else b"", _OBJECT_MODE)
+        elif tmp is not None:
             tmp.unlink()
         return digest, size
+
+    def _copy_to_temp(self, fd: int, expected: int) -> tuple[Path, Digest, int, os.stat_result]:
+        """Copy an open file to a new temp file of the store; return it, its digest and size,
+        and the source's ``fstat`` once copied."""
+        tmp = temp_path(self.store.tmp_dir, "c")
+        try:
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _OBJECT_MODE)
+        except FileNotFoundError:
+            makedirs_durable(self.store.tmp_dir)
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _OBJECT_MODE)
+        try:
+            digest, size = _copy_hashing(fd, out, expected)
+        except BaseException:
+            os.close(out)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(out)
+        return tmp, digest, size, os.fstat(fd)
+
+    def add_stored(self, digest: Digest) -> None:
+        """Include an object that is stored already (made when its file was written).
+
+        Its fan-out directory is fsynced with the others (the writer left that to the
+        commit) and its mtime refreshed for gc's grace period.
+        """
+        self._names.add(digest)
+        self._existing.add(digest)
 
     def _stage(self, digest: Digest) -> bool:
         """Record ``digest``; return True if it needs a source linked to its name."""
@@ -435,3 +462,15 @@ def _copy_hashing(src: int, dst: int, expected: int) -> tuple[Digest, int]:
             chunk = chunk[w:]
         offset += n
     return hasher.hexdigest(), offset
+
+
+def _read_all(fd: int, expected: int) -> bytes:
+    """Read an open file from the start to its end (a little past ``expected`` if it grew)."""
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, max(expected - offset, 0) + 65536, offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)

@@ -32,8 +32,9 @@ __all__ = ["GENESIS", "JournalEntry", "JournalTip", "RefStore", "rollback"]
 _REF_MODE = 0o444
 #: The ``prev`` of the first journal entry.
 GENESIS = Digest("0" * 64)
-#: The tip record kept beside the journal (docs/format.md 5.3).
+#: The tip record kept beside the journal (docs/format.md 5.3), and its fixed size.
 TIP_NAME = "journal.tip"
+TIP_SIZE = 86
 
 
 @dataclass(frozen=True)
@@ -49,22 +50,23 @@ class JournalTip:
     digest: Digest
 
     def encode(self) -> bytes:
-        """The record's bytes: ``{"lines":N,"tip":"<digest>"}`` and a newline."""
-        return json.dumps({"lines": self.lines, "tip": self.digest}, sort_keys=True,
-                          separators=(",", ":")).encode("ascii") + b"\n"
+        """The record's bytes: the line count as 20 decimal digits, a space, the digest, ``\\n``.
+
+        Fixed width (86 bytes), so it is rewritten in place with one small write: no new file
+        per commit, and a write cut short leaves a record that does not parse (no witness),
+        never one that names another line.
+        """
+        return f"{self.lines:020d} {self.digest}\n".encode("ascii")
 
     @classmethod
     def decode(cls, data: bytes) -> JournalTip | None:
         """Parse a record; None if it is not one (a cut-short write is no witness)."""
-        try:
-            value = json.loads(data)
-        except ValueError:
+        if len(data) != TIP_SIZE or data[20:21] != b" " or data[-1:] != b"\n":
             return None
-        if (not isinstance(value, dict) or set(value) != {"lines", "tip"}
-                or type(value["lines"]) is not int or value["lines"] < 1
-                or not isinstance(value["tip"], str) or not is_digest(value["tip"])):
+        n, d = data[:20], data[21:-1].decode("ascii", "replace")
+        if not n.isdigit() or int(n) < 1 or not is_digest(d):
             return None
-        return cls(value["lines"], Digest(value["tip"]))
+        return cls(int(n), Digest(d))
 
     @classmethod
     def parse(cls, text: str) -> JournalTip:
@@ -373,11 +375,25 @@ class RefStore:
         append_durable(self.journal, line + b"\n")
         if new_file:
             fsync_dir(self.journal.parent)
+        self._write_tip(JournalTip(seq + 1, hash_bytes(line)))
+
+    def _write_tip(self, tip: JournalTip) -> None:
         # A witness outside the journal: removing the last lines (and their refs) no longer
         # erases every trace. Not fsynced: after a power cut it may lag the journal (which is
-        # fine) but never lead it, since the line above is durable already.
-        write_replace(self.tip_path, JournalTip(seq + 1, hash_bytes(line)).encode(),
-                      sync_dir=False, sync=False)
+        # fine) but never lead it, since the journal line is durable already. Overwritten in
+        # place (fixed width): a commit creates no file for it.
+        record = tip.encode()
+        try:
+            fd = os.open(self.tip_path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            write_replace(self.tip_path, record, sync_dir=False, sync=False)
+            return
+        try:
+            if os.fstat(fd).st_size != TIP_SIZE:
+                os.ftruncate(fd, TIP_SIZE)
+            os.pwrite(fd, record, 0)
+        finally:
+            os.close(fd)
 
     def _recover_locked(self, keep: str | None = None) -> list[str]:
         """Repair what a crash between ref creation and journal append left.

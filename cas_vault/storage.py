@@ -23,9 +23,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import canonical
-from .atomic import write_replace
+from .atomic import FileLock, write_replace
 from .errors import InvalidInputError, NotFoundError
-from .workdir import WorkingIndex, check_uncommitted, writing
+from .workdir import (
+    PRIVATE_DIR,
+    WorkingCopies,
+    WorkingIndex,
+    check_uncommitted,
+    file_identity,
+    writing,
+)
 
 if TYPE_CHECKING:  # heavy imports stay lazy so `vault --help` is fast
     import numpy as np
@@ -86,6 +93,39 @@ class SpecimenStorage:
             check_uncommitted(self.path)
         self.strata.mkdir(exist_ok=True)
 
+    def _write_result(self, path: Path, data: bytes | memoryview) -> None:
+        """Write a result file; in a vault, also store its bytes as an object right away.
+
+        The bytes are in memory now, so making the object costs one small file; at commit it
+        would cost reading, hashing and creating a copy. (Results over ``SMALL_FILE`` bytes are
+        left to the commit.) The working file stays the user's
+        own inode (nothing links it to the object); ``.cas/copies.msgpack`` records which
+        object it equals while it stays unchanged, and the commit uses that record.
+        """
+        from .objects import SMALL_FILE, ObjectStore
+
+        with self._writing():
+            root = self.vault_root()
+            # Only small results: a result rewritten again and again (after every epoch,
+            # say) leaves each earlier object unused until gc, so that waste stays small;
+            # large ones are copied once, at commit.
+            if root is None or memoryview(data).nbytes > SMALL_FILE:
+                write_replace(path, data, sync_dir=False)
+                return
+
+            store = ObjectStore(root / "objects", root / "tmp")
+            # The object is live once the record names it; until then gc must wait.
+            with FileLock(root / "locks" / "gc.lock", shared=True):
+                # No directory fsync for either name: nothing durable depends on them until a
+                # commit, which fsyncs the fan-out directory of every object it seals. A crash
+                # leaves the old working file or the new one, and at worst an unused object.
+                digest = store.put_bytes(data, sync_dir=False)
+                write_replace(path, data, sync_dir=False)
+                identity = file_identity(path.stat())
+                with FileLock(self.path / PRIVATE_DIR / "index.lock"):
+                    WorkingCopies(self.path).record(
+                        path.relative_to(self.path).as_posix(), digest, identity)
+
     @contextmanager
     def _writing(self) -> Iterator[None]:
         """Hold the working directory's writer lock (in a vault) and check it may change."""
@@ -122,11 +162,7 @@ class SpecimenStorage:
         # file, so identical tables give identical bytes (and one object).
         df.write_parquet(buf, compression="zstd", statistics=True)
         path = self.strata / f"{name}.parquet"
-        with self._writing():
-            # Atomic (bytes fsynced, then renamed) but the directory is not fsynced: nothing
-            # durable depends on a working file's name until a commit copies it into objects/.
-            # A crash before then leaves the old file or the new one.
-            write_replace(path, buf.getbuffer(), sync_dir=False)
+        self._write_result(path, buf.getbuffer())
         return path
 
     def read_metrics(self, name: str = "metrics") -> pl.DataFrame:
@@ -155,8 +191,7 @@ class SpecimenStorage:
             raise InvalidInputError(f"config must be a dict, not {type(config).__name__}")
         data = canonical.packb(dict(config))
         path = self.strata / f"{name}.msgpack"
-        with self._writing():
-            write_replace(path, data, sync_dir=False)  # as in write_metrics
+        self._write_result(path, data)
         return path
 
     def read_config(self, name: str = "config") -> dict[str, Any]:

@@ -445,6 +445,9 @@ class _VaultTarget(_Target):
                 if os.path.lexists(self.dest):
                     old = self.strata / f".{self.name}.zarr.{uuid.uuid4().hex}.old.tmp"
                     os.rename(self.dest, old)
+                    # Durable before the index names the new array: after a power cut,
+                    # both at once would be refused by every reader.
+                    fsync_dir(self.strata)
                 WorkingIndex(self.specimen_dir).update(
                     {f"{prefix}/{k}": d for k, d in entries.items()}, remove_prefix=prefix,
                 )

@@ -45,7 +45,9 @@ from .storage import VAULT_MARKER, SpecimenStorage, check_name
 from .workdir import (
     COMMIT_LOCK_TIMEOUT,
     MANIFEST_NAME,
+    WorkingCopies,
     WorkingIndex,
+    file_identity,
     iter_files,
     read_manifest,
     sealing,
@@ -472,7 +474,13 @@ class Vault:
             batch = self.objects.batch()
             try:
                 tree: dict[str, TreeEntry] = {}
+                copies = WorkingCopies(wd).load()
                 for rel in files:
+                    stored = self._stored_copy(wd, rel, copies)
+                    if stored is not None:
+                        batch.add_stored(stored[0])
+                        tree[rel] = TreeEntry(stored[0], stored[1], kind_of(rel))
+                        continue
                     digest, size = batch.add_file(wd / rel)
                     tree[rel] = TreeEntry(digest, size, kind_of(rel))
                 for rel, digest in indexed.items():
@@ -492,6 +500,22 @@ class Vault:
             batch.publish()
             self.refs.create(specimen_id, digest, commit.created)
         return digest, commit, shared
+
+    def _stored_copy(
+        self, wd: Path, rel: str, copies: dict[str, tuple[Digest, list[int]]],
+    ) -> tuple[Digest, int] | None:
+        """``(digest, size)`` of the object made when ``rel`` was written, if the file is
+        still exactly that file (same inode, size, mtime, ctime) and the object exists."""
+        got = copies.get(rel)
+        if got is None:
+            return None
+        try:
+            st = os.stat(wd / rel, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if file_identity(st) != got[1] or not self.objects.has(got[0]):
+            return None
+        return got[0], st.st_size
 
     def _indexed_size(self, specimen_id: str, rel: str, digest: Digest) -> int:
         try:

@@ -43,7 +43,7 @@ from .digest import Digest, hash_bytes, hash_file, is_digest
 from .errors import InvalidInputError, LockTimeoutError, NotFoundError
 from .ids import validate_id
 from .refs import GENESIS, JournalEntry, JournalTip, rollback
-from .workdir import INDEX_PATH, WorkingIndex, iter_files
+from .workdir import COPIES_PATH, INDEX_PATH, WorkingCopies, WorkingIndex, iter_files
 
 if TYPE_CHECKING:
     from .objects import ObjectStore
@@ -340,8 +340,13 @@ def working_index_digests(vault: Vault) -> set[Digest]:
     if not vault.specimens_dir.is_dir():
         return out
     for entry in os.scandir(vault.specimens_dir):
-        if entry.is_dir(follow_symlinks=False) and Path(entry.path, INDEX_PATH).is_file():
-            out.update(WorkingIndex(Path(entry.path)).load().values())
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        wd = Path(entry.path)
+        if Path(entry.path, INDEX_PATH).is_file():
+            out.update(WorkingIndex(wd).load().values())
+        if Path(entry.path, COPIES_PATH).is_file():
+            out.update(d for d, _ in WorkingCopies(wd).load().values())
     return out
 
 

@@ -26,6 +26,9 @@ from .errors import InvalidInputError, NotFoundError
 
 __all__ = [
     "COMMIT_LOCK_TIMEOUT",
+    "COPIES_PATH",
+    "WorkingCopies",
+    "file_identity",
     "INDEX_PATH",
     "LOCK_PATH",
     "MANIFEST_NAME",
@@ -41,6 +44,8 @@ __all__ = [
 MANIFEST_NAME = "manifest.msgpack"
 PRIVATE_DIR = ".cas"
 INDEX_PATH = f"{PRIVATE_DIR}/index.msgpack"
+#: Objects made at write time from working files, with the file's identity then.
+COPIES_PATH = f"{PRIVATE_DIR}/copies.msgpack"
 #: flock(2) file: writers hold it shared, a commit exclusively.
 LOCK_PATH = f"{PRIVATE_DIR}/write.lock"
 #: Seconds a commit waits for the writers of its working directory to finish.
@@ -284,3 +289,57 @@ class WorkingIndex:
         current.update(entries)
         self.path.parent.mkdir(exist_ok=True)
         write_replace(self.path, canonical.packb(current))
+
+
+def file_identity(st: os.stat_result) -> list[int]:
+    """What changes when a file is written, truncated, replaced or renamed over."""
+    return [st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+class WorkingCopies:
+    """Objects already made from working files (``.cas/copies.msgpack``), so commit need not.
+
+    ``SpecimenStorage`` stores every file it writes as an object at once (its bytes are in
+    memory then), and records here the working file's path, the object's digest and the
+    file's identity (:func:`file_identity`) after the write. A commit seals such a file from
+    its record only while the identity is unchanged; anything else is copied as usual. The
+    objects are live while recorded (gc's working-index rule).
+
+    Args:
+        specimen_dir: the working directory.
+    """
+
+    def __init__(self, specimen_dir: Path) -> None:
+        self.specimen_dir = specimen_dir
+        self.path = specimen_dir / COPIES_PATH
+
+    def load(self) -> dict[str, tuple[Digest, list[int]]]:
+        """Return relative path -> (digest, identity); a damaged record is empty (a cache)."""
+        try:
+            value = canonical.unpackb(self.path.read_bytes(), "working copies")
+        except (FileNotFoundError, InvalidInputError):
+            return {}
+        if not isinstance(value, dict):
+            return {}
+        out = {}
+        for k, v in value.items():
+            if (isinstance(k, str) and isinstance(v, list) and len(v) == 6
+                    and isinstance(v[0], str) and is_digest(v[0])
+                    and all(type(x) is int for x in v[1:])):
+                out[k] = (Digest(v[0]), list(v[1:]))
+        return out
+
+    def record(self, rel: str, digest: Digest, identity: list[int]) -> None:
+        """Record (or replace) the copy of ``rel``; the caller holds the index lock."""
+        current = {k: [d, *ident] for k, (d, ident) in self.load().items()}
+        current[rel] = [digest, *identity]
+        self.path.parent.mkdir(exist_ok=True)
+        # Not fsynced: a record lost in a crash only means the commit copies the file again.
+        write_replace(self.path, canonical.packb(current), sync_dir=False, sync=False)
+
+    def sealable(self, rel: str, st: os.stat_result) -> Digest | None:
+        """The digest recorded for ``rel`` if the file is still exactly as recorded."""
+        got = self.load().get(rel)
+        if got is None or got[1] != file_identity(st):
+            return None
+        return got[0]

@@ -89,7 +89,7 @@ class FsEvent:
 
     Attributes:
         op: ``fsync``, ``link``, ``rename``, ``replace``, ``unlink``, ``rmdir``, ``mkdir``,
-            ``create`` (``os.open`` made a new file), ``write``, ``lock`` / ``unlock``
+            ``create`` (``os.open`` made a new file), ``write`` (or pwrite), ``lock`` / ``unlock``
             (``flock``), or a label a test gave to :meth:`FsLog.mark`.
         path: the file or directory (the source of link, rename and replace), relative to the
             log's root when inside it (``.`` is the root), else absolute.
@@ -112,7 +112,7 @@ class FsLog:
 
     Installed by the ``fs_log`` fixture, which wraps ``os.fsync``, ``os.fdatasync``, ``os.link``,
     ``os.rename``, ``os.replace``, ``os.unlink``, ``os.remove``, ``os.rmdir``, ``os.mkdir``,
-    ``os.open``, ``os.write`` and ``fcntl.flock``. Calls are recorded only inside
+    ``os.open``, ``os.write``, ``os.pwrite`` and ``fcntl.flock``. Calls are recorded only inside
     :meth:`recording`, after they succeed (an fsync is durable once it has returned; a link that
     failed named nothing). An fsync's path is read from ``/proc/self/fd`` when it is called.
 
@@ -227,7 +227,7 @@ def fs_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FsLog:
     log = FsLog((tmp_path / "vault").resolve())
     real = {name: getattr(os, name) for name in (
         "fsync", "fdatasync", "link", "rename", "replace", "unlink", "remove", "rmdir", "mkdir",
-        "open", "write")}
+        "open", "write", "pwrite")}
     real_flock = fcntl.flock
 
     def fsync(fd: Any) -> None:
@@ -270,13 +270,15 @@ def fs_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FsLog:
             log._add(FsEvent("create", log.rel(target)))
         return fd
 
-    def write(fd: int, data: Any) -> int:
-        n = real["write"](fd, data)
-        if log._on:
-            target = _fd_path(fd)
-            if target.startswith("/"):  # files, not pipes or sockets
-                log._add(FsEvent("write", log.rel(target)))
-        return n
+    def writer(name: str) -> Callable[..., int]:
+        def call(fd: int, *args: Any) -> int:
+            n = real[name](fd, *args)
+            if log._on:
+                target = _fd_path(fd)
+                if target.startswith("/"):  # files, not pipes or sockets
+                    log._add(FsEvent("write", log.rel(target)))
+            return n
+        return call
 
     def flock(fd: Any, operation: int) -> None:
         real_flock(fd, operation)
@@ -295,6 +297,7 @@ def fs_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FsLog:
     monkeypatch.setattr(os, "rmdir", one_path("rmdir", "rmdir"))
     monkeypatch.setattr(os, "mkdir", one_path("mkdir", "mkdir"))
     monkeypatch.setattr(os, "open", open_)
-    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "write", writer("write"))
+    monkeypatch.setattr(os, "pwrite", writer("pwrite"))
     monkeypatch.setattr(fcntl, "flock", flock)
     return log

@@ -39,7 +39,7 @@ from cas_vault.refs import RefStore
 from cas_vault.workdir import WorkingIndex
 
 if TYPE_CHECKING:
-    from conftest import FsEvent, FsLog
+    from conftest import FsLog
 
 TMP = ".*.tmp"  # every temp file and directory name matches this (docs/format.md, Temp entries)
 
@@ -97,6 +97,14 @@ def assert_objects_named_after_their_bytes(log: FsLog) -> dict[str, int]:
 
 def object_path(digest: str) -> str:
     return f"objects/{digest[:2]}/{digest}"
+
+
+def tip_written(log: FsLog) -> int:
+    """Index of the event that puts the tip record's bytes at ``journal.tip`` (section 5.3):
+    a write to it in place, or the rename of a new one over it."""
+    found = log.where("write", "journal.tip") + log.where("replace", dest="journal.tip")
+    assert found, f"journal.tip is not written:\n{log.dump()}"
+    return min(found)
 
 
 @pytest.fixture
@@ -309,6 +317,10 @@ def check_commit(log: FsLog, vault: Vault, sid: str, *, first_journal_line: bool
     if first_journal_line:  # the journal file is new: its name too
         assert_fsynced_between(log, ".", journal_sync, log.first("unlink", f"locks/pending/{sid}"),
                                "the new journal's name")
+    # Section 5.3: the tip record (not fsynced) is written only once the line it names is
+    # durable, so after a power cut it may lag the journal but never lead it.
+    tip = tip_written(log)
+    assert journal_sync < tip
 
     # Locks: objects are created under gc.lock (shared) and stay protected until the ref and
     # its journal line exist; the ref and its line are made under refs.lock.
@@ -318,7 +330,7 @@ def check_commit(log: FsLog, vault: Vault, sid: str, *, first_journal_line: bool
     assert journal_sync < log.last("unlock", "locks/gc.lock")
     refs_lock = log.first("lock", "locks/refs.lock")
     assert not ev[refs_lock].shared
-    assert refs_lock < ref and journal_sync < log.last("unlock", "locks/refs.lock")
+    assert refs_lock < ref and tip < log.last("unlock", "locks/refs.lock")
     return {"ref": ref, "journal_sync": journal_sync}
 
 
@@ -355,33 +367,6 @@ def test_a_batch_names_existing_objects_durably_again(vault: Vault, fs_log: FsLo
         batch.publish()
     assert fs_log.where("link") == []
     assert fs_log.where("fsync", f"objects/{digest[:2]}") != []
-
-
-def test_a_working_file_on_another_device_is_copied_durably(
-    vault: Vault, make_specimen, fs_log: FsLog,
-) -> None:
-    """A working file that cannot be linked into objects/ is stored as a put-if-absent copy."""
-    make_specimen("s1")
-    refused: list[FsEvent] = []
-
-    def cross_device(e: FsEvent) -> bool:
-        if e.path.startswith("specimens/") and e.dest.startswith("objects/"):
-            refused.append(e)
-            return True
-        return False
-
-    fs_log.fail("link", cross_device, errno.EXDEV)
-    with fs_log.recording():
-        vault.commit("s1")
-    if not refused:
-        pytest.skip("this commit links no working file into objects/: there is no link to refuse")
-    commit = vault.read_commit(vault.resolve("s1"))
-    named = assert_objects_named_after_their_bytes(fs_log)
-    ref = fs_log.first("link", "locks/pending/s1", "refs/s1")
-    for e in commit.tree.values():
-        link = named[object_path(e.digest)]
-        assert fs_log.events[link].path.startswith("tmp/.")  # a copy, not the working file
-        assert_fsynced_between(fs_log, f"objects/{e.digest[:2]}", link, ref, "copy's name")
 
 
 def test_create_writes_a_missing_intent_durably_before_the_ref(
@@ -445,6 +430,8 @@ def test_recovery_journals_an_interrupted_creation_durably(
                            "the recovered line before its intent goes")
     assert fs_log.first("lock", "locks/refs.lock") < writes[0]
     assert fs_log.last("unlink", "locks/pending/s1") < fs_log.last("unlock", "locks/refs.lock")
+    tip = tip_written(fs_log)  # section 5.3: after the durable line, under the lock
+    assert fs_log.last("fsync", "journal") < tip < fs_log.last("unlock", "locks/refs.lock")
     assert [e.specimen_id for e in vault.refs.entries()] == ["s0", "s1"]
 
 
@@ -487,15 +474,8 @@ def test_a_batch_indexes_once_after_every_journal_line_is_durable(
 
 # -- tensors (docs/format.md "Tensors", write protocol) ----------------------------------------
 def check_tensor_write(log: FsLog, wd: str, name: str, start: int = 0) -> dict[str, int]:
-    """Assert the durability rules of the tensor write protocol on the first write of ``name``
-    recorded in ``log`` from event ``start`` on.
-
-    The rules: gc.lock is held shared from before the first object until the working index
-    names them all; an object name is only given to fsynced bytes; the fan-out of every new
-    object is fsynced before the index that lists it; the index is replaced by the replace
-    protocol. A writer that also renames a staging tree into ``strata/<name>.zarr`` (a
-    working copy of the array) makes every file and directory of it durable before the rename
-    and ``strata/`` after it.
+    """Assert the tensor write protocol's order on the first write of ``name`` recorded in
+    ``log`` from event ``start`` on (docs/format.md, Tensors, write protocol, steps 1-6).
 
     Returns:
         Named indices: ``index`` (the working index replaced).
@@ -505,46 +485,33 @@ def check_tensor_write(log: FsLog, wd: str, name: str, start: int = 0) -> dict[s
     gc_unlock = next(i for i in log.where("unlock", "locks/gc.lock") if i > index)
     gc_lock = max(i for i in log.where("lock", "locks/gc.lock") if i < index)
     assert ev[gc_lock].shared and gc_lock >= start
-    links = [i for i in log.where("link", dest="objects/*") if start <= i < index]
-    for i in links:
-        assert gc_lock < i
-        assert_fsynced_between(log, ev[i].path, start - 1, i, "chunk bytes before the object name")
-        assert_fsynced_between(log, parent(ev[i].dest), i, index, f"name of {ev[i].dest}")
 
-    # The working index: replace protocol, durable before gc.lock lets gc in.
+    # 2-3: an object name is only given to fsynced bytes (a chunk's staging file, fsynced in
+    # its round, or the metadata document's temp file); 4: the fan-out of every object that
+    # gained a name is fsynced before the index lists it.
+    for i in log.where("link", dest="objects/*"):
+        if start <= i < index:
+            assert gc_lock < i
+            assert_fsynced_between(log, ev[i].path, start - 1, i, "bytes before the object name")
+            assert_fsynced_between(log, parent(ev[i].dest), i, index, f"name of {ev[i].dest}")
+
+    # 5: the working index is replaced by the replace protocol, under .cas/index.lock, and is
+    # durable before gc.lock lets gc in (step 6): until then only the lock keeps the objects.
     tmp = ev[index].path
     assert parent(tmp) == f"{wd}/.cas"
     assert_fsynced_between(log, tmp, log.first("create", tmp), index, "index bytes before its name")
     assert_fsynced_between(log, f"{wd}/.cas", index, gc_unlock, "the index's name")
+    index_lock = max(i for i in log.where("lock", f"{wd}/.cas/index.lock") if i < index)
+    assert index_lock >= start
     assert index < next(i for i in log.where("unlock", f"{wd}/.cas/index.lock") if i > index)
 
-    target = f"{wd}/strata/{name}.zarr"
-    swaps = [i for i in log.where("rename", dest=target) if start <= i < index]
-    if swaps:
-        swap = swaps[-1]
-        staging = ev[swap].path
-        for i in log.where("create", staging + "/*"):
-            if start <= i < swap:
-                assert_fsynced_between(log, ev[i].path, i, swap, "staging file before the rename")
-        last_entry: dict[str, int] = {staging: log.first("mkdir", staging)}
-        for i, e in enumerate(ev[start:swap], start):
-            new = e.path if e.op in ("create", "mkdir") else e.dest
-            if e.op in ("create", "mkdir", "link", "replace") and new.startswith(staging + "/"):
-                last_entry[parent(new)] = i
-                if e.op == "mkdir":
-                    last_entry.setdefault(new, i)
-        for directory, last in last_entry.items():
-            assert_fsynced_between(log, directory, last, swap, "staging entries before the rename")
-        assert_fsynced_between(log, f"{wd}/strata", swap, index, "the array's name")
-        for i in links:
-            assert i < swap  # every object named before the array appears
-
-    # An array moved aside (the previous one) is removed only once the index is durable.
-    for i in log.where("rename", target, f"{wd}/strata/{TMP}"):
+    # 5-6: a plain array of that name is moved aside under the lock and deleted last.
+    for i in log.where("rename", f"{wd}/strata/{name}.zarr", f"{wd}/strata/{TMP}"):
         if start <= i < index:
+            assert index_lock < i
             moved = ev[i].dest
             removals = log.where("unlink", moved + "/*") + log.where("rmdir", moved)
-            assert removals and min(removals) > index
+            assert removals and min(removals) > gc_unlock
     return {"index": index}
 
 
@@ -628,33 +595,20 @@ def test_tensor_chunks_are_durable_before_the_commit_that_references_them(
     assert steps["index"] < ref
 
 
-def test_a_chunk_copied_instead_of_linked_is_durable_before_the_rename(
+def test_a_plain_array_is_moved_aside_durably_before_the_index_names_the_new_one(
     vault: Vault, fs_log: FsLog,
 ) -> None:
-    """An object at its filesystem's link limit is copied into the array's working copy."""
+    """Tensors, write protocol step 5; the crash rule: readers see the old or the new array."""
     storage = SpecimenStorage(vault.new("t1", domain="training", method="fine_tuning"))
-    storage.write_tensors("acts", _acts(), chunks=(4, 8), compressor=None)
-    refused: list[FsEvent] = []
-
-    def at_link_limit(e: FsEvent) -> bool:
-        if e.path.startswith("objects/") and "/strata/.acts.zarr." in e.dest:
-            refused.append(e)
-            return True
-        return False
-
-    fs_log.fail("link", at_link_limit, errno.EMLINK)
+    plain = storage.strata / "acts.zarr"
+    plain.mkdir()
+    (plain / "zarr.json").write_text("{}")  # written by other means
     with fs_log.recording():
         storage.write_tensors("acts", _acts(), chunks=(4, 8), compressor=None)
-    if not refused:
-        pytest.skip("this tensor writer links no object into a working copy of the array")
-    check_tensor_write(fs_log, "specimens/t1", "acts")
-    swap = fs_log.last("rename", dest="specimens/t1/strata/acts.zarr")
-    copies = fs_log.where("replace", dest="specimens/t1/strata/.acts.zarr.*")
-    assert len(copies) == len(refused) == 7
-    for i in copies:
-        tmp = fs_log.events[i].path
-        assert_fsynced_between(fs_log, tmp, fs_log.first("create", tmp), i, "copy before its name")
-        assert i < swap
+    steps = check_tensor_write(fs_log, "specimens/t1", "acts")
+    aside = fs_log.first("rename", "specimens/t1/strata/acts.zarr", f"specimens/t1/strata/{TMP}")
+    assert_fsynced_between(fs_log, "specimens/t1/strata", aside, steps["index"],
+                           "the old array's new name before the index names the new array")
 
 
 def test_a_tensor_outside_a_vault_is_durable_before_it_is_renamed_into_place(
@@ -699,17 +653,15 @@ def test_gc_makes_its_removals_durable_before_letting_writers_in(
 def test_gc_gives_a_shared_object_durable_bytes_before_its_name(
     vault: Vault, make_specimen, fs_log: FsLog, tmp_path: Path,
 ) -> None:
-    """An object that another path also names is replaced by a copy of its own (put under its
-    name like a replace: bytes fsynced first, its directory after), under gc.lock."""
+    """gc protocol step 4: an object that another path also names gets a copy of its own, put
+    under its name like a replace (bytes fsynced first, its directory after), under gc.lock."""
     make_specimen("s1")
     digest = vault.commit("s1").tree["strata/config.msgpack"].digest
     obj = vault.objects.path(digest)
-    if obj.stat().st_nlink == 1:
-        os.link(obj, tmp_path / "second name")
+    os.link(obj, tmp_path / "second name")  # as a 0.1 vault's working file was
     with fs_log.recording():
         report = vault.gc()
-    if not getattr(report, "unshared_objects", 0):
-        pytest.skip("this gc leaves objects that have other names alone")
+    assert report.unshared_objects == 1
     i = fs_log.last("replace", f"tmp/{TMP}", object_path(digest))
     tmp = fs_log.events[i].path
     assert_fsynced_between(fs_log, tmp, fs_log.first("create", tmp), i, "copy before the name")

@@ -154,31 +154,33 @@ def test_symlinks_and_special_files_are_refused(store: ObjectStore, tmp_path: Pa
     assert not list(store.iter_digests()) and not list(store.tmp_dir.glob("*"))
 
 
+@pytest.mark.parametrize("size", ["small", "large"])  # read whole / copied in blocks
 @pytest.mark.parametrize("change", ["append", "rewrite", "replace"])
 def test_batch_refuses_a_file_that_changes_while_copied(
-    store: ObjectStore, tmp_path: Path, monkeypatch, change: str,
+    store: ObjectStore, tmp_path: Path, monkeypatch, change: str, size: str,
 ) -> None:
-    src = tmp_path / "growing"
-    src.write_bytes(b"a" * 100)
-    os.utime(src, ns=(0, 0))  # any write from now on moves the mtime, however coarse the clock
     import cas_vault.objects as objects_mod
 
-    real_copy = objects_mod._copy_hashing
+    n = 100 if size == "small" else objects_mod.SMALL_FILE + 1
+    src = tmp_path / "growing"
+    src.write_bytes(b"a" * n)
+    os.utime(src, ns=(0, 0))  # any write from now on moves the mtime, however coarse the clock
 
-    def copy_then_change(fd_in: int, fd_out: int, expected: int):
-        out = real_copy(fd_in, fd_out, expected)
+    def change_it() -> None:
         if change == "append":
             with open(src, "ab") as f:
                 f.write(b"more")
         elif change == "rewrite":  # same size, new bytes: only the mtime tells
             with open(src, "r+b") as f:
-                f.write(b"b" * 100)
+                f.write(b"b" * n)
         else:  # a new file renamed over the old one (np.save, polars, editors do this)
-            (tmp_path / "new").write_bytes(b"a" * 100)
+            (tmp_path / "new").write_bytes(b"a" * n)
             os.replace(tmp_path / "new", src)
-        return out
 
-    monkeypatch.setattr(objects_mod, "_copy_hashing", copy_then_change)
+    # The change lands right after the bytes were read, before the identity is checked.
+    name = "_read_all" if size == "small" else "_copy_hashing"
+    real = getattr(objects_mod, name)
+    monkeypatch.setattr(objects_mod, name, lambda *a: (real(*a), change_it())[0])
     batch = store.batch()
     with pytest.raises(FileChangedError, match="changed while"):
         batch.add_file(src)

@@ -175,11 +175,11 @@ def test_a_file_changed_while_it_is_copied_is_refused_and_nothing_is_sealed(
             f.write("appended during the copy\\n")
         print("appended", flush=True)
     """, str(target))
-    real_copy = objects_mod._copy_hashing
+    real_read = objects_mod._read_all  # t.log is small: read whole, then checked
     raced: list[bool] = []
 
-    def copy_while_a_process_appends(fd_in: int, fd_out: int, expected: int):
-        out = real_copy(fd_in, fd_out, expected)
+    def copy_while_a_process_appends(fd_in: int, expected: int):
+        out = real_read(fd_in, expected)
         if os.fstat(fd_in).st_ino == target.stat().st_ino and not raced:
             assert appender.stdin is not None and appender.stdout is not None
             appender.stdin.write("go\n")
@@ -187,7 +187,7 @@ def test_a_file_changed_while_it_is_copied_is_refused_and_nothing_is_sealed(
             raced.append(appender.stdout.readline().strip() == "appended")
         return out
 
-    monkeypatch.setattr(objects_mod, "_copy_hashing", copy_while_a_process_appends)
+    monkeypatch.setattr(objects_mod, "_read_all", copy_while_a_process_appends)
     try:
         with pytest.raises(FileChangedError, match="t.log changed while it was being committed"):
             vault.commit("racy")
@@ -310,3 +310,38 @@ def test_a_commit_waits_for_vault_run_and_seals_the_whole_log(vault: Vault, tmp_
             runner.kill()
     assert runner.returncode == 0, err
     assert vault.specimen("ran").read_bytes("run.log") == b"first half\nsecond half\n"
+
+
+def test_small_results_are_stored_when_written_and_sealed_from_that_record(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A result written through SpecimenStorage becomes an object at once (its bytes are in
+    # memory), so the commit neither reads nor copies it, as long as the file is unchanged.
+    from cas_vault.objects import ObjectBatch
+
+    wd = vault.new("w", domain="training", method="fine_tuning")
+    s = SpecimenStorage(wd)
+    s.write_metrics({"step": [0, 1], "loss": [1.0, 0.5]})
+    s.write_config({"lr": 0.1})
+    copied: list[str] = []
+    real = ObjectBatch.add_file
+    monkeypatch.setattr(ObjectBatch, "add_file",
+                        lambda self, p: (copied.append(Path(p).name), real(self, p))[1])
+    commit = vault.commit("w")
+    assert "metrics.parquet" not in copied and "config.msgpack" not in copied
+    for rel in ("strata/metrics.parquet", "strata/config.msgpack"):
+        obj = vault.objects.path(commit.tree[rel].digest)
+        assert obj.read_bytes() == (wd / rel).read_bytes()
+        assert obj.stat().st_ino != (wd / rel).stat().st_ino and obj.stat().st_nlink == 1
+    # Changed after the write (even to the same size): the record no longer applies.
+    wd2 = vault.new("w2", domain="training", method="fine_tuning")
+    s2 = SpecimenStorage(wd2)
+    s2.write_config({"lr": 0.1})
+    cfg = wd2 / "strata" / "config.msgpack"
+    data = bytearray(cfg.read_bytes())
+    data[-1] ^= 1
+    cfg.write_bytes(bytes(data))
+    copied.clear()
+    commit = vault.commit("w2")
+    assert "config.msgpack" in copied
+    assert vault.objects.get(commit.tree["strata/config.msgpack"].digest) == bytes(data)
