@@ -124,7 +124,7 @@ class SpecimenStorage:
                 identity = file_identity(path.stat())
                 with FileLock(self.path / PRIVATE_DIR / "index.lock"):
                     WorkingCopies(self.path).record(
-                        path.relative_to(self.path).as_posix(), digest, identity)
+                        {path.relative_to(self.path).as_posix(): (digest, identity)})
 
     @contextmanager
     def _writing(self) -> Iterator[None]:

@@ -329,10 +329,15 @@ class WorkingCopies:
                 out[k] = (Digest(v[0]), list(v[1:]))
         return out
 
-    def record(self, rel: str, digest: Digest, identity: list[int]) -> None:
-        """Record (or replace) the copy of ``rel``; the caller holds the index lock."""
+    def record(self, entries: dict[str, tuple[Digest, list[int]]]) -> None:
+        """Record (or replace) the copies of some paths; the caller holds the index lock.
+
+        Args:
+            entries: relative path -> (digest of its object, :func:`file_identity` after the
+                write).
+        """
         current = {k: [d, *ident] for k, (d, ident) in self.load().items()}
-        current[rel] = [digest, *identity]
+        current.update({k: [d, *ident] for k, (d, ident) in entries.items()})
         self.path.parent.mkdir(exist_ok=True)
         # Not fsynced: a record lost in a crash only means the commit copies the file again.
         write_replace(self.path, canonical.packb(current), sync_dir=False, sync=False)

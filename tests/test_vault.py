@@ -68,7 +68,9 @@ def test_reader_construction_creates_nothing(tmp_path: Path) -> None:
 def test_new_scaffolds_like_the_seed(vault: Vault) -> None:
     path = vault.new("2024_12_19_my_experiment", domain="interpretability",
                      method="sae_analysis", tags=["gpt2", "layer_12"], model="gpt2-small")
-    assert {p.name for p in path.iterdir()} == {"manifest.msgpack", "protocol.py", "field_notes.md", "strata"}
+    # .cas/ holds the record of the manifest's object, stored at once (docs/format.md 6).
+    assert {p.name for p in path.iterdir()} == {"manifest.msgpack", "protocol.py", "field_notes.md",
+                                              "strata", ".cas"}
     from cas_vault.workdir import read_manifest
 
     m = read_manifest(path)
