@@ -31,6 +31,7 @@ __all__ = [
     "link_if_absent",
     "makedirs_durable",
     "put_if_absent",
+    "remove_tree",
     "replace_with",
     "temp_path",
     "write_durable",
@@ -307,6 +308,31 @@ def link_if_absent(src: Path, dest: Path, sync_dir: bool = True) -> bool:
     if sync_dir:
         fsync_dir(dest.parent)
     return True
+
+
+def remove_tree(top: Path) -> None:
+    """Remove a directory and everything below it, without following symlinks.
+
+    ``shutil.rmtree`` recurses once per directory level before Python 3.13, so a deep temp
+    directory would end gc with RecursionError; this lists the tree breadth first, unlinking
+    files as it goes, then removes the directories deepest first.
+
+    Raises:
+        FileNotFoundError: if ``top`` does not exist.
+        OSError: if an entry cannot be removed.
+    """
+    dirs = [os.fspath(top)]
+    i = 0
+    while i < len(dirs):
+        with os.scandir(dirs[i]) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    dirs.append(entry.path)
+                else:
+                    os.unlink(entry.path)
+        i += 1
+    for d in reversed(dirs):  # every directory comes after its parent in the list
+        os.rmdir(d)
 
 
 def append_durable(path: Path, data: bytes) -> None:

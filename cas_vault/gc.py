@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import FileLock, fsync_dir
+from .atomic import FileLock, fsync_dir, remove_tree
 from .digest import Digest, is_digest
 from .errors import ChecksumMismatch, IntegrityError, InvalidInputError, NotFoundError
 from .ids import validate_id
@@ -123,31 +123,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # exists, owned by someone else
     return True
-
-
-def _remove_tree(top: Path) -> None:
-    """Remove a directory and everything below it, without following symlinks.
-
-    ``shutil.rmtree`` recurses once per directory level before Python 3.13, so a deep temp
-    directory would end gc with RecursionError; this lists the tree breadth first, unlinking
-    files as it goes, then removes the directories deepest first.
-
-    Raises:
-        FileNotFoundError: if ``top`` does not exist.
-        OSError: if an entry cannot be removed.
-    """
-    dirs = [os.fspath(top)]
-    i = 0
-    while i < len(dirs):
-        with os.scandir(dirs[i]) as it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=False):
-                    dirs.append(entry.path)
-                else:
-                    os.unlink(entry.path)
-        i += 1
-    for d in reversed(dirs):  # every directory comes after its parent in the list
-        os.rmdir(d)
 
 
 def _temp_removable(item: TempItem, now: float, temp_age: float) -> bool:
@@ -281,7 +256,7 @@ def gc(
             if not dry_run:
                 try:
                     if item.is_dir:
-                        _remove_tree(item.path)
+                        remove_tree(item.path)
                     else:
                         item.path.unlink()
                 except FileNotFoundError:

@@ -686,6 +686,9 @@ def test_checkout_makes_every_file_durable_before_the_rename(
     assert len(files) == 5
     for rel in files:
         assert_fsynced_between(fs_log, f"{tmp}/{rel}", -1, rename, "copy before the rename")
+    for d in [out, *(p for p in out.rglob("*") if p.is_dir())]:
+        name = f"{tmp}/{d.relative_to(out).as_posix()}".removesuffix("/.")
+        assert_fsynced_between(fs_log, name, -1, rename, "directory entries before the rename")
     assert_fsynced_between(fs_log, ".", rename, len(fs_log.events), "the new name")
 
 
@@ -734,18 +737,3 @@ def test_directories_a_commit_creates_are_named_durably_before_the_ref(
     for new in made:
         assert_fsynced_between(fs_log, parent(new), fs_log.first("mkdir", new), ref,
                                f"entry of the new directory {new}")
-
-
-def test_checkout_names_its_files_durably_before_the_rename(
-    vault: Vault, make_specimen, fs_log: FsLog, tmp_path: Path,
-) -> None:
-    make_specimen("s1")
-    vault.commit("s1")
-    fs_log.root = tmp_path.resolve()
-    with fs_log.recording():
-        out = vault.checkout("s1", tmp_path / "out")
-    rename = fs_log.first("rename", TMP, "out")
-    tmp = fs_log.events[rename].path
-    for d in [out, *(p for p in out.rglob("*") if p.is_dir())]:
-        name = f"{tmp}/{d.relative_to(out).as_posix()}".removesuffix("/.")
-        assert_fsynced_between(fs_log, name, -1, rename, "directory entries before the rename")

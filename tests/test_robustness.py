@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from cas_vault import SpecimenStorage, Vault
+from cas_vault.atomic import remove_tree
 from cas_vault.cli import cli
 from cas_vault.errors import IntegrityError, InvalidInputError
 from cas_vault.workdir import MAX_TREE_DEPTH, iter_files
@@ -56,22 +57,6 @@ def nest(top: Path, levels: int, name: str = "d") -> Path:
         path = path / name
         os.mkdir(path)
     return path
-
-
-def remove_tree(top: Path) -> None:
-    """``shutil.rmtree`` without recursion (it recurses per level, as pytest's cleanup does)."""
-    dirs = [os.fspath(top)]
-    i = 0
-    while i < len(dirs):
-        with os.scandir(dirs[i]) as it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=False):
-                    dirs.append(entry.path)
-                else:
-                    os.unlink(entry.path)
-        i += 1
-    for d in reversed(dirs):
-        os.rmdir(d)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from cas_vault.engines.spectroscopy.engine import (
     resolve_pairs,
 )
 from cas_vault.engines.spectroscopy.numerics import RTOL, numeric_environment
+from spectro_tolerance import assert_tables_close
 from cas_vault.engines.spectroscopy.sae import SAE, load_sae_file, load_sae_npz, weights_digest
 from cas_vault.engines.spectroscopy.scores import Spectra, pair_scores, purity, topk_concentration
 from cas_vault.engines.spectroscopy.spectrum import format_spectrum
@@ -104,35 +105,6 @@ def assert_clear_of_boundaries(x: np.ndarray, sae: SAE, options: SpectroscopyOpt
             assert abs(v - cut) > 100 * RTOL * v, f"line {f} of input {a} is at the strong-line cut"
             if v >= cut:
                 assert abs(lb.get(f, 0.0) - options.absorption_ratio * v) > 100 * RTOL * v, f"line {f} is at the absorption cut"
-
-
-def assert_tables_close(got: pl.DataFrame, want: pl.DataFrame, name: str = "table") -> None:
-    """Float columns within RTOL (relative, plus RTOL x the column's magnitude), the rest equal.
-
-    Integer columns are compared exactly: callers check their data with
-    :func:`assert_clear_of_boundaries`. Spectra are matched by (input, feature); a rank may
-    differ only between lines whose intensities are within the tolerance of each other.
-    """
-    assert got.columns == want.columns and got.height == want.height, name
-    ranked = "rank" in want.columns
-    if ranked:
-        got, want = got.sort("input", "feature"), want.sort("input", "feature")
-    for col, dtype in want.schema.items():
-        if dtype.is_float():
-            w = want[col].cast(pl.Float64).to_numpy()
-            finite = np.abs(w[np.isfinite(w)])
-            atol = RTOL * float(finite.max()) if finite.size else 0.0
-            np.testing.assert_allclose(got[col].cast(pl.Float64).to_numpy(), w, rtol=RTOL, atol=atol,
-                                       err_msg=f"{name}.{col}")
-        elif col != "rank":
-            assert got[col].equals(want[col]), f"{name}.{col}"
-    if ranked and want.height:
-        # got's ranks must list want's intensities strongest first, up to the tolerance.
-        order = np.lexsort((got["rank"].to_numpy(), got["input"].to_numpy()))
-        intensity = want["intensity"].cast(pl.Float64).to_numpy()[order]
-        same_input = np.diff(got["input"].to_numpy()[order]) == 0
-        tol = RTOL * float(np.abs(intensity).max())
-        assert (np.diff(intensity)[same_input] <= tol).all(), f"{name}.rank"
 
 
 def reference_encode(x: np.ndarray, sae: SAE) -> np.ndarray:
