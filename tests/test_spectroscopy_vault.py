@@ -253,7 +253,7 @@ def test_dask_on_local_cluster_equals_single_process(setup) -> None:
     opts = SpectroscopyOptions(chunk_tokens=10)  # several blocks, several tasks
     single = vault.spectroscopy("acts", sae="sae", pairs=pairs, options=opts, new_id="single")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         dist = vault.spectroscopy("acts", sae="sae", pairs=pairs, options=opts, new_id="dist",
                                   scheduler=client)
     meta = vault.get("dist").manifest.metadata
@@ -271,7 +271,7 @@ def test_cli_dask_scheduler_address_with_worker_process(setup) -> None:
     distributed = pytest.importorskip("distributed")
     vault, _ = setup
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         result = run(vault, "spectroscopy", "acts", "--sae", "sae", "--id", "remote",
                      "--chunk-tokens", "16", "--dask-scheduler", cluster.scheduler_address)
     assert result.exit_code == 0, result.output
