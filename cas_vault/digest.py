@@ -92,8 +92,10 @@ def hash_file(path: str | os.PathLike[str]) -> tuple[Digest, int]:
 class Hasher:
     """Incremental hashing for streamed writes (``update`` then ``hexdigest``)."""
 
-    def __init__(self) -> None:
-        self._h = blake3.blake3()
+    def __init__(self, parallel: bool = False) -> None:
+        # parallel: BLAKE3's own threads, for callers that feed blocks of MiBs one at a time
+        # (a large file's copy): a thread per block would cost more than it saves on small ones.
+        self._h = blake3.blake3(max_threads=blake3.blake3.AUTO) if parallel else blake3.blake3()
         self.size = 0
 
     def update(self, data: bytes | bytearray | memoryview) -> None:

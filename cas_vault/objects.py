@@ -447,7 +447,7 @@ def _copy_hashing(src: int, dst: int, expected: int) -> tuple[Digest, int]:
     Returns:
         ``(digest, bytes copied)``.
     """
-    hasher = Hasher()
+    hasher = Hasher(parallel=expected >= COPY_BLOCK)
     buf = bytearray(min(COPY_BLOCK, max(expected, 1 << 16)))
     view = memoryview(buf)
     offset = 0
