@@ -9,8 +9,8 @@ Two stores, one per direction:
   so lost data is never mistaken for fill values; keys the mapping does not list are absent
   (zarr returns the fill value for them, as for any never-written chunk).
 - :class:`ObjectWriteStore` (write) is what zarr writes an array into: each chunk is hashed as
-  soon as zarr has encoded it, on a small thread pool, and written once into a private staging
-  directory of the vault's ``tmp/`` (nothing at all is written when an object has its bytes
+  soon as zarr has encoded it, on a small thread pool, and written once into a private, flat
+  staging directory of the vault's ``tmp/`` (nothing at all is written when an object has its bytes
   already); new chunks are fsynced in rounds and then hard-linked to their object names, and
   the staging names are removed at the end, so every chunk is written once and its only name
   is in ``objects/``.
@@ -26,6 +26,7 @@ import asyncio
 import os
 import shutil
 import threading
+import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -37,7 +38,7 @@ from zarr.core.buffer.core import default_buffer_prototype
 
 from .atomic import fsync_dir, fsync_many, link_if_absent, put_if_absent, write_durable
 from .commit import check_tree_path
-from .digest import Digest, Hasher
+from .digest import Digest, Hasher, hash_bytes
 from .errors import IntegrityError, NotFoundError
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ DEFAULT_THREADS = 8
 #: chunk; 1.2 s in rounds of 16 MiB, 0.95 s of 32, 0.84 s of 64, 0.94 s of 128, 1.0 s of 512
 #: (small rounds commit the journal too often, big ones leave the disk idle at the start).
 SYNC_BATCH_BYTES = 64 << 20
+#: Longest staging file name spelled from a key; a longer key is named by its hash instead.
+_MAX_STAGED_NAME = 200
 
 
 def is_metadata_key(key: str) -> bool:
@@ -61,11 +64,35 @@ def is_metadata_key(key: str) -> bool:
     return key == "zarr.json" or key.endswith("/zarr.json")
 
 
+def _staged_name(key: str) -> str:
+    """Return the flat file name that holds ``key``'s new bytes in a staging directory.
+
+    One flat file per key, not a tree mirroring the keys: a tree would make ``a`` and ``a/b``
+    collide (a file cannot also be a directory) and would leave directories behind deleted
+    keys. ``quote`` is injective and escapes ``#``, so hashed names never meet quoted ones.
+    """
+    name = urllib.parse.quote(key, safe="")
+    if len(name) > _MAX_STAGED_NAME:
+        name = "#" + hash_bytes(key.encode())
+    return name
+
+
 def _sorted_children(keys: Iterable[str], prefix: str) -> list[str]:
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     out = {k[len(prefix):].split("/", 1)[0] for k in keys if k.startswith(prefix)}
     return sorted(out)
+
+
+def _check_byte_range(byte_range: object) -> None:
+    """Refuse anything but zarr's byte requests, before any I/O.
+
+    Raises:
+        TypeError: for any other object (zarr's store tests expect this wording).
+    """
+    if byte_range is not None and not isinstance(
+            byte_range, (RangeByteRequest, OffsetByteRequest, SuffixByteRequest)):
+        raise TypeError(f"Unexpected byte_range, got {byte_range!r}")
 
 
 def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
@@ -77,7 +104,7 @@ def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
         return data[byte_range.offset:]
     if isinstance(byte_range, SuffixByteRequest):
         return data[max(0, len(data) - byte_range.suffix):]
-    raise TypeError(f"unexpected byte range {byte_range!r}")
+    raise TypeError(f"Unexpected byte_range, got {byte_range!r}")
 
 
 class ObjectTreeStore(Store):
@@ -89,6 +116,10 @@ class ObjectTreeStore(Store):
         verify: re-hash every whole object read and refuse altered bytes (ranged reads, which
             zarr uses only for sharded arrays, cannot be verified).
         where: how to name the array in error messages (e.g. ``strata/acts.zarr of spec_1``).
+        read_only: must be True; accepted because ``Store.open`` passes it.
+
+    Raises:
+        ValueError: if ``read_only`` is False.
     """
 
     supports_writes = False
@@ -97,8 +128,10 @@ class ObjectTreeStore(Store):
 
     def __init__(
         self, objects: ObjectStore, entries: Mapping[str, Digest], *, verify: bool = True,
-        where: str = "tensor",
+        where: str = "tensor", read_only: bool = True,
     ) -> None:
+        if not read_only:
+            raise ValueError(f"{where} is committed content and cannot be opened for writing")
         super().__init__(read_only=True)
         self.objects = objects
         self.entries = dict(entries)
@@ -116,11 +149,20 @@ class ObjectTreeStore(Store):
     def with_read_only(self, read_only: bool = False) -> ObjectTreeStore:
         """Return an equivalent store; only the read-only mode exists.
 
+        Args:
+            read_only: must be True.
+
+        Returns:
+            A new, not yet opened, store over the same objects and mapping.
+
         Raises:
-            ValueError: if a writable store is asked for.
+            NotImplementedError: if a writable store is asked for (zarr's wording for a store
+                type without a writable mode, which zarr's callers recognise).
         """
         if not read_only:
-            raise ValueError(f"{self.where} is committed content and cannot be opened for writing")
+            raise NotImplementedError(
+                f"with_read_only is not implemented for the {type(self)} store type. "
+                f"{self.where} is committed content and cannot be opened for writing")
         return ObjectTreeStore(self.objects, self.entries, verify=self.verify, where=self.where)
 
     def _read(self, key: str, digest: Digest, byte_range: ByteRequest | None) -> bytes:
@@ -144,6 +186,7 @@ class ObjectTreeStore(Store):
         Raises:
             IntegrityError: if the tree lists the key but its object is missing or altered.
         """
+        _check_byte_range(byte_range)
         digest = self.entries.get(key)
         if digest is None:
             return None
@@ -191,7 +234,8 @@ class ObjectWriteStore(Store):
 
     ``set`` (or :meth:`put_chunk`, for callers that hold a chunk's encoded bytes already)
     hands each chunk to a worker thread and returns: the worker hashes it and, if no object
-    has those bytes yet, writes them once, as the staging file ``staging/<key>``; if one has,
+    has those bytes yet, writes them once, as a staging file named after the key (flat:
+    ``c/0/1`` is ``staging/c%2F0%2F1``); if one has,
     it writes nothing (it only refreshes the object's mtime). New staging files are made
     durable in rounds (:data:`SYNC_BATCH_BYTES` at a time, fsynced side by side) and only then
     hard-linked to their object names, so an object name never points at bytes that a crash
@@ -212,6 +256,8 @@ class ObjectWriteStore(Store):
         max_pending: chunks queued or in flight at most.
         sync_batch_bytes: bytes of new chunks made durable per round (default
             :data:`SYNC_BATCH_BYTES`); 0 fsyncs and names every new chunk on its own.
+        read_only: open the store refusing writes (``Store.open`` passes it); a write store
+            becomes read-only by itself at :meth:`finish` and :meth:`abort`.
 
     Raises:
         ValueError: for a negative ``sync_batch_bytes``.
@@ -225,8 +271,9 @@ class ObjectWriteStore(Store):
     def __init__(
         self, objects: ObjectStore, staging: Path, *, threads: int | None = None,
         max_pending: int | None = None, sync_batch_bytes: int | None = None,
+        read_only: bool = False,
     ) -> None:
-        super().__init__(read_only=False)
+        super().__init__(read_only=read_only)
         self.objects = objects
         self.staging = staging
         staging.mkdir(parents=True, exist_ok=False)
@@ -252,10 +299,32 @@ class ObjectWriteStore(Store):
         self._unnamed: dict[Digest, str] = {}
 
     def __eq__(self, other: object) -> bool:
-        return self is other
+        # The same destination, as zarr compares its file stores by root: a staging directory
+        # belongs to one store at a time (the constructor refuses an existing one).
+        return (isinstance(other, ObjectWriteStore) and self.objects.root == other.objects.root
+                and self.staging == other.staging)
+
+    def __hash__(self) -> int:
+        return hash((ObjectWriteStore, self.objects.root, self.staging))
 
     def __repr__(self) -> str:
         return f"ObjectWriteStore({str(self.staging)!r})"
+
+    def __getstate__(self) -> object:
+        """Refuse to be pickled.
+
+        Raises:
+            TypeError: always. The store's state is its process's: chunks queued on its thread
+                pool, staging files not yet fsynced and named, metadata kept in memory. A copy
+                would share the staging directory with the original (whose names each store
+                assumes it alone creates and removes) and lose what is in flight.
+        """
+        raise TypeError(
+            "an ObjectWriteStore cannot be pickled: its queued chunks, thread pool and private "
+            "staging directory belong to the process writing the array")
+
+    def _staged(self, key: str) -> Path:
+        return self.staging / _staged_name(key)
 
     # -- the chunk pipeline -------------------------------------------------------------------
     def _raise_if_failed(self) -> None:
@@ -300,7 +369,7 @@ class ObjectWriteStore(Store):
         return digest
 
     def _store(self, key: str, data: memoryview) -> tuple[Digest, dict[str, Digest] | None]:
-        """Store one chunk as ``staging/<key>``; return its digest and a round to sync, if full.
+        """Store one chunk as its key's staging file; return its digest and any full round.
 
         A chunk whose object exists is only recorded. A new chunk is written once, as the
         staging file itself (read-only, not yet fsynced), or hard-linked to the staging file of
@@ -311,13 +380,9 @@ class ObjectWriteStore(Store):
         digest, _path, exists = self._find(data)
         if exists:
             return digest, None
-        dest = self.staging / key
+        dest = self._staged(key)
         if not self._link_unnamed(digest, dest):
-            try:
-                write_durable(dest, data, mode=0o444, sync=False)
-            except FileNotFoundError:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                write_durable(dest, data, mode=0o444, sync=False)
+            write_durable(dest, data, mode=0o444, sync=False)
         with self._lock:
             self._round[key] = digest
             self._unnamed.setdefault(digest, key)
@@ -333,7 +398,7 @@ class ObjectWriteStore(Store):
         if first is None:
             return False
         try:
-            return link_if_absent(self.staging / first, dest, sync_dir=False)
+            return link_if_absent(self._staged(first), dest, sync_dir=False)
         except OSError:  # that key was deleted meanwhile, or too many links: write the bytes
             return False
 
@@ -353,7 +418,7 @@ class ObjectWriteStore(Store):
         shallow. Errors are recorded (raised by :meth:`finish` and the next put), not raised.
         """
         try:
-            fsync_many([self.staging / key for key in batch])
+            fsync_many([self._staged(key) for key in batch])
             for key, digest in batch.items():
                 self._name(key, digest)
         except BaseException as exc:  # any failure must reach finish(), or it would succeed
@@ -370,7 +435,7 @@ class ObjectWriteStore(Store):
 
     def _name(self, key: str, digest: Digest) -> None:
         """Hard-link the durable staging file of ``key`` to its object name (put-if-absent)."""
-        src, obj = self.staging / key, self.objects.path(digest)
+        src, obj = self._staged(key), self.objects.path(digest)
         if link_if_absent(src, obj, sync_dir=False):
             with self._lock:
                 self._dirty.add(obj.parent)
@@ -476,7 +541,7 @@ class ObjectWriteStore(Store):
         if syncing is not None:
             syncing.wait()
         if had is not None:
-            (self.staging / key).unlink(missing_ok=True)
+            self._staged(key).unlink(missing_ok=True)
 
     async def _wait(self, key: str) -> None:
         future = self._pending.get(key)
@@ -491,7 +556,12 @@ class ObjectWriteStore(Store):
         self, key: str, prototype: BufferPrototype | None = None,
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
-        """Return what was set under ``key`` (waiting for a queued put), or None."""
+        """Return what was set under ``key`` (waiting for a queued put), or None.
+
+        Raises:
+            TypeError: for a byte range that is not one of zarr's byte requests.
+        """
+        _check_byte_range(byte_range)
         prototype = prototype or default_buffer_prototype()
         if key in self._metadata:
             return prototype.buffer.from_bytes(_slice(self._metadata[key], byte_range))
@@ -507,7 +577,7 @@ class ObjectWriteStore(Store):
         # A new chunk's staging file holds its bytes until finish(); a chunk that existed, or
         # one named since, is read from its object (named before any staging file goes).
         try:
-            return (self.staging / key).read_bytes()
+            return self._staged(key).read_bytes()
         except FileNotFoundError:
             return self.objects.path(digest).read_bytes()
 
@@ -572,8 +642,11 @@ class ObjectWriteStore(Store):
         """Store the metadata documents, make everything durable and return key -> digest.
 
         After this, every chunk's bytes are fsynced and named as their object, every object's
-        fan-out directory is fsynced, and every directory of the staging tree is fsynced (so
-        the links survive a crash once the tree is renamed).
+        fan-out directory is fsynced, and the staging directory is gone (an object's only name
+        is its name in ``objects/``). The store is read-only from then on.
+
+        Returns:
+            Every key (chunks and metadata documents) -> its object digest, sorted by key.
 
         Raises:
             VaultError: or OSError, if any put failed (call :meth:`abort` then).

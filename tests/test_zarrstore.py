@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
+import itertools
+import pickle
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import zarr
+from hypothesis.stateful import run_state_machine_as_test
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
-from zarr.core.buffer import default_buffer_prototype
+from zarr.core.buffer import Buffer, cpu, default_buffer_prototype
+from zarr.testing.stateful import ZarrStoreStateMachine
+from zarr.testing.store import StoreTests
 
 from cas_vault.errors import IntegrityError, InvalidInputError
 from cas_vault.zarrstore import ObjectTreeStore, ObjectWriteStore, is_metadata_key
@@ -57,9 +67,11 @@ def test_tree_store_is_read_only(tree_store):
     assert tree_store.read_only and not tree_store.supports_writes
     with pytest.raises(ValueError):
         run(tree_store.set("c/0/0", buf(b"x")))
-    with pytest.raises(ValueError):
+    with pytest.raises(NotImplementedError, match="committed content"):
         tree_store.with_read_only(False)
     assert tree_store.with_read_only(True) == tree_store
+    with pytest.raises(ValueError, match="committed content"):
+        ObjectTreeStore(tree_store.objects, tree_store.entries, read_only=False)
 
 
 def test_tree_store_missing_object_is_an_integrity_error(vault, tree_store):
@@ -236,3 +248,256 @@ def test_rewriting_a_chunk_whose_round_is_being_synced_waits_for_it(vault, tmp_p
     assert entries["c/0"] == hash_bytes(b"new!")
     assert vault.objects.get(hash_bytes(b"0000")) == b"0000"  # named with the bytes it had
     assert vault.objects.get(entries["c/0"]) == b"new!"
+
+
+# -- zarr-python's own store test suite, run against both stores -----------------------------
+# zarr runs StoreTests (and ZarrStoreStateMachine) against every store it ships; the same
+# checks hold these stores to the Store contract zarr's array code relies on.
+
+
+def _run_coroutine_tests(cls: type) -> type:
+    """Run the suite's coroutine tests on a fresh event loop each, as plain tests.
+
+    StoreTests writes its tests as coroutines for pytest-asyncio, which this project does not
+    use; wrapping keeps each test's parametrize marks and fixture signature (via ``wraps``).
+    """
+    for name in dir(cls):
+        attr = getattr(cls, name)
+        if name.startswith("test_") and inspect.iscoroutinefunction(attr):
+            def make(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+                @functools.wraps(fn)
+                def test(*args: Any, **kwargs: Any) -> None:
+                    asyncio.run(fn(*args, **kwargs))
+                return test
+            setattr(cls, name, make(attr))
+    return cls
+
+
+READ_ONLY = "a read-only store over sealed objects cannot {}"
+
+
+@_run_coroutine_tests
+class TestObjectTreeStore(StoreTests[ObjectTreeStore, cpu.Buffer]):
+    """StoreTests for the read-only store: its mapping is filled by putting real objects."""
+
+    store_cls = ObjectTreeStore
+    buffer_cls = cpu.Buffer
+
+    async def set(self, store: ObjectTreeStore, key: str, value: Buffer) -> None:
+        store.entries[key] = store.objects.put_bytes(value.to_bytes())
+        store._keys = sorted(store.entries)
+
+    async def get(self, store: ObjectTreeStore, key: str) -> Buffer:
+        return self.buffer_cls.from_bytes(store.objects.get(store.entries[key]))
+
+    async def _set_many(self, store: ObjectTreeStore, items: Iterable[tuple[str, Buffer]]) -> None:
+        for key, value in items:
+            await self.set(store, key, value)
+
+    @pytest.fixture
+    def store_kwargs(self, vault: Any) -> dict[str, Any]:
+        return {"objects": vault.objects, "entries": {}, "where": "test array"}
+
+    @pytest.fixture
+    def store(self, open_kwargs: dict[str, Any]) -> ObjectTreeStore:
+        return asyncio.run(self.store_cls.open(**open_kwargs))
+
+    @pytest.fixture
+    def store_not_open(self, store_kwargs: dict[str, Any]) -> ObjectTreeStore:
+        return self.store_cls(**store_kwargs)
+
+    def test_store_repr(self, store: ObjectTreeStore) -> None:
+        assert repr(store) == "ObjectTreeStore('test array', 0 keys)"
+
+    def test_store_supports_writes(self, store: ObjectTreeStore) -> None:
+        assert not store.supports_writes and not store.supports_deletes
+
+    def test_store_supports_listing(self, store: ObjectTreeStore) -> None:
+        assert store.supports_listing
+
+    def test_store_read_only(self, store: ObjectTreeStore) -> None:
+        # The suite's version asserts a writable store; this one is read-only by construction.
+        assert store.read_only
+        with pytest.raises(AttributeError):
+            store.read_only = False  # type: ignore[misc]
+
+    @pytest.mark.parametrize("read_only", [True, False])
+    def test_store_open_read_only(self, open_kwargs: dict[str, Any], read_only: bool) -> None:
+        if not read_only:
+            with pytest.raises(ValueError, match="cannot be opened for writing"):
+                asyncio.run(self.store_cls.open(**open_kwargs, read_only=False))
+            return
+        store = asyncio.run(self.store_cls.open(**open_kwargs, read_only=True))
+        assert store._is_open and store.read_only
+
+    def test_serializable_store(self, store: ObjectTreeStore) -> None:
+        # The suite's version writes through the copy; this one reads through it instead.
+        asyncio.run(self.set(store, "c/0", self.buffer_cls.from_bytes(b"\x01\x02")))
+        copy = pickle.loads(pickle.dumps(store))
+        assert copy == store and copy.read_only
+        observed = asyncio.run(copy.get("c/0", prototype=default_buffer_prototype()))
+        assert observed is not None and observed.to_bytes() == b"\x01\x02"
+
+    def test_exists(self, store: ObjectTreeStore) -> None:
+        # The suite's version creates the key with store.set; the mapping names it here.
+        assert not asyncio.run(store.exists("foo/zarr.json"))
+        asyncio.run(self.set(store, "foo/zarr.json", self.buffer_cls.from_bytes(b"bar")))
+        assert asyncio.run(store.exists("foo/zarr.json"))
+
+    # The suite's listing and size tests fill the store with store._set_many; for a read-only
+    # store the same keys are put into its mapping instead, and the suite's checks run as is.
+    def _with_mapping_writes(self, store: ObjectTreeStore, monkeypatch: pytest.MonkeyPatch,
+                             ) -> None:
+        monkeypatch.setattr(store, "_set_many", lambda items: self._set_many(store, items))
+
+    def test_list(self, store: ObjectTreeStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._with_mapping_writes(store, monkeypatch)
+        asyncio.run(StoreTests.test_list(self, store))
+
+    def test_list_prefix(self, store: ObjectTreeStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._with_mapping_writes(store, monkeypatch)
+        asyncio.run(StoreTests.test_list_prefix(self, store))
+
+    def test_list_empty_path(self, store: ObjectTreeStore,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+        self._with_mapping_writes(store, monkeypatch)
+        asyncio.run(StoreTests.test_list_empty_path(self, store))
+
+    def test_list_dir(self, store: ObjectTreeStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._with_mapping_writes(store, monkeypatch)
+        asyncio.run(StoreTests.test_list_dir(self, store))
+
+    def test_getsize_prefix(self, store: ObjectTreeStore,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+        self._with_mapping_writes(store, monkeypatch)
+        asyncio.run(StoreTests.test_getsize_prefix(self, store))
+
+    def test_get_many(self, store: ObjectTreeStore) -> None:
+        asyncio.run(StoreTests.test_get_many(self, store))
+
+    @pytest.mark.skip(reason=READ_ONLY.format("set keys"))
+    def test_set(self) -> None: ...
+
+    @pytest.mark.skip(reason=READ_ONLY.format("set keys"))
+    def test_set_not_open(self) -> None: ...
+
+    @pytest.mark.skip(reason=READ_ONLY.format("set keys"))
+    def test_set_many(self) -> None: ...
+
+    @pytest.mark.skip(reason=READ_ONLY.format("set keys"))
+    def test_set_if_not_exists(self) -> None: ...
+
+    @pytest.mark.skip(reason=READ_ONLY.format("be cleared"))
+    def test_clear(self) -> None: ...
+
+
+@_run_coroutine_tests
+class TestObjectWriteStore(StoreTests[ObjectWriteStore, cpu.Buffer]):
+    """StoreTests for the write store; the helpers go through its own chunk pipeline."""
+
+    store_cls = ObjectWriteStore
+    buffer_cls = cpu.Buffer
+
+    async def set(self, store: ObjectWriteStore, key: str, value: Buffer) -> None:
+        # Bypasses Store.set: metadata straight into memory, chunks through put_chunk.
+        if is_metadata_key(key):
+            store._metadata[key] = value.to_bytes()
+        else:
+            store.put_chunk(key, memoryview(value.to_bytes()))
+
+    async def get(self, store: ObjectWriteStore, key: str) -> Buffer:
+        if key in store._metadata:
+            return self.buffer_cls.from_bytes(store._metadata[key])
+        store.drain()
+        return self.buffer_cls.from_bytes(store._read(key, store._entries[key]))
+
+    @pytest.fixture
+    def store_kwargs(self, vault: Any, tmp_path: Path) -> dict[str, Any]:
+        return {"objects": vault.objects, "staging": tmp_path / "stage", "threads": 2}
+
+    @pytest.fixture
+    def store(self, open_kwargs: dict[str, Any]) -> Iterator[ObjectWriteStore]:
+        store = asyncio.run(self.store_cls.open(**open_kwargs))
+        yield store
+        store.abort()
+
+    @pytest.fixture
+    def store_not_open(self, store_kwargs: dict[str, Any]) -> Iterator[ObjectWriteStore]:
+        store = self.store_cls(**store_kwargs)
+        yield store
+        store.abort()
+
+    def test_store_repr(self, store: ObjectWriteStore) -> None:
+        assert repr(store) == f"ObjectWriteStore({str(store.staging)!r})"
+
+    def test_store_supports_writes(self, store: ObjectWriteStore) -> None:
+        assert store.supports_writes and store.supports_deletes
+
+    def test_store_supports_listing(self, store: ObjectWriteStore) -> None:
+        assert store.supports_listing
+
+    def test_store_eq(self, store: ObjectWriteStore, store_kwargs: dict[str, Any]) -> None:
+        # The suite builds a second store on the same arguments while the first is open; a
+        # staging directory belongs to one live store at a time (the constructor refuses an
+        # existing one), so the second one is built once the first has let its directory go.
+        assert store == store
+        with pytest.raises(FileExistsError):
+            self.store_cls(**store_kwargs)
+        store.abort()
+        again = self.store_cls(**store_kwargs)
+        try:
+            assert again == store
+            assert again != self.store_cls(**{**store_kwargs, "staging": store.staging / "x"})
+        finally:
+            again.abort()
+
+    def test_store_open_read_only(self, open_kwargs: dict[str, Any]) -> None:
+        # The suite parametrizes this over read_only, opening both on the same arguments: one
+        # staging directory cannot serve two stores, so each mode is opened after the other.
+        for read_only in (True, False):
+            store = asyncio.run(self.store_cls.open(**open_kwargs, read_only=read_only))
+            assert store._is_open and store.read_only == read_only
+            store.abort()
+
+    @pytest.mark.skip(reason="a write store cannot be pickled: its queued chunks, thread pool "
+                      "and private staging directory belong to the process writing the array "
+                      "(test_write_store_refuses_pickling checks that it says so)")
+    def test_serializable_store(self) -> None: ...
+
+
+def test_write_store_refuses_pickling(vault, tmp_path):
+    store = ObjectWriteStore(vault.objects, tmp_path / "stage")
+    try:
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(store)
+    finally:
+        store.abort()
+
+
+def test_write_store_key_and_its_parent_can_follow_each_other(vault, tmp_path):
+    # Flat staging names: "a" and "a/b" live at once, and "a" set after "a/b" was deleted.
+    store = ObjectWriteStore(vault.objects, tmp_path / "stage", threads=2)
+    run(store.set("a/b", buf(b"child")))
+    run(store.delete("a/b"))
+    run(store.set("a", buf(b"parent")))
+    run(store.set("a/b", buf(b"child again")))
+    assert run(collect(store.list())) == ["a", "a/b"]
+    assert run(store.get("a")).to_bytes() == b"parent"
+    assert run(store.get("a/b")).to_bytes() == b"child again"
+    long_key = "/".join(["k" * 60] * 5)  # too long for one file name: named by its hash
+    run(store.set(long_key, buf(b"long")))
+    assert run(store.get(long_key)).to_bytes() == b"long"
+    entries = store.finish()
+    assert {k: vault.objects.get(d) for k, d in entries.items()} == {
+        "a": b"parent", "a/b": b"child again", long_key: b"long"}
+
+
+def test_write_store_state_machine(vault, tmp_path):
+    # zarr's own model-based test of a store: random set/get/delete/clear/list sequences.
+    count = itertools.count()
+
+    def machine() -> ZarrStoreStateMachine:
+        store = ObjectWriteStore(vault.objects, tmp_path / f"stage-{next(count)}", threads=2)
+        return ZarrStoreStateMachine(store)
+
+    run_state_machine_as_test(machine)
