@@ -470,7 +470,7 @@ class Vault:
         raw = read_manifest(wd)
         manifest = _manifest_from_working(raw, wd)
         canonical.packb(manifest.to_map())  # unstorable metadata fails before any object is written
-        from .logger import prepare_commit  # issue 7: step-wise logs of crashed runs
+        from .logger import prepare_commit  # step-wise logs of crashed runs
 
         extra_metadata = prepare_commit(wd, specimen_id, partial, extra_metadata)
         if extra_metadata:
@@ -896,7 +896,7 @@ class Vault:
         if h.hexdigest() != digest:
             raise ChecksumMismatch(digest, h.hexdigest(), f"object for {target.name}")
 
-    # -- tensors (issue 3: content-addressed Zarr) -----------------------------------------
+    # -- tensors (content-addressed Zarr) ---------------------------------------------------
     def tensor(self, specimen_id: str, name: str, *, verify: bool = True) -> Any:
         """Open tensor ``name`` of a committed specimen as a lazy, read-only ``zarr.Array``.
 
@@ -910,7 +910,7 @@ class Vault:
         return self.specimen(specimen_id).tensor(name, verify=verify)
 
 
-    # -- catalog and queries (issue 4) -----------------------------------------------------
+    # -- catalog and queries -------------------------------------------------------------
     def index(self, rebuild: bool = False, accept_rollback: bool = False) -> Any:
         """Bring ``vault.duckdb`` up to date; see :func:`cas_vault.catalog.index`.
 
@@ -944,7 +944,7 @@ class Vault:
 
         return VaultQuery(self).search(sql, params)
 
-    # -- integrity: verify and gc (issue 5) ------------------------------------------------
+    # -- integrity: verify and gc --------------------------------------------------------
     def verify(
         self, specimen_ids: Sequence[str] = (), *, quick: bool = False,
         progress: Any = None, witness: Any = None,
@@ -997,7 +997,7 @@ class Vault:
         return gc(self, grace=grace_s, dry_run=dry_run, temp_age=age_s)
 
 
-    # -- engines (issue 6) -----------------------------------------------------------------
+    # -- engines -------------------------------------------------------------------------
     def spectroscopy(self, activations_id: str, sae: Any, **kwargs: Any) -> Any:
         """SAE spectroscopy of a committed activations tensor, committed as a derived specimen.
 
@@ -1028,7 +1028,7 @@ class Vault:
         return read_spectrum(self.specimen(specimen_id), input_index)
 
 
-    # -- runs, logging, import, diff, plot, notes (issue 7) --------------------------------
+    # -- runs, logging, import, diff, plot, notes ----------------------------------------
     def run(
         self, specimen_id: str, args: Sequence[str] = (), *, message: str = "",
         output: Any = None, timeout: float | None = None,

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ObjectTreeStore", "ObjectWriteStore", "is_metadata_key"]
 
-#: Worker threads putting chunks: they hash on both cores and keep several writes in flight.
+#: Worker threads putting chunks: they hash on every core and keep several writes in flight.
 DEFAULT_THREADS = 8
 #: Bytes of new chunks made durable per round of side-by-side fsyncs. One fsync per chunk, as
 #: each is written, keeps only a few chunks in the disk's queue and waits for a journal commit

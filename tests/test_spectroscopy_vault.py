@@ -395,7 +395,7 @@ def test_demo_runs_the_three_node_lineage(tmp_path) -> None:
     assert "log --graph" in report and "query" in report
     again = run_demo(tmp_path / "demo")
     assert not again.committed and SPECTRO_ID in again.existing
-    if hasattr(vault, "query"):  # the catalog (issue 4): the report's join must run as printed
+    if hasattr(vault, "query"):  # the catalog: the report's join must run as printed
         from cas_vault.demo import SPECTRO_QUERY
 
         rows = vault.query(SPECTRO_QUERY)
