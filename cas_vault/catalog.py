@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import canonical
+from . import journal as _journal
 from .atomic import FileLock, write_replace
 from .commit import Commit
 from .digest import Digest, hash_bytes
@@ -53,7 +54,7 @@ from .errors import (
     LockTimeoutError,
     VaultError,
 )
-from .refs import JournalEntry, JournalTip, rollback
+from .journal import JournalEntry, JournalTip, rollback
 
 if TYPE_CHECKING:
     import duckdb
@@ -850,32 +851,10 @@ class CatalogWriter:
 
     def _pending(self, state: _State) -> list[_Pending] | None:
         """Journal lines after ``state``; None if the journal does not continue it."""
-        try:
-            f = open(self.vault.refs.journal, "rb")
-        except FileNotFoundError:
-            return [] if state.journal_lines == 0 else None
-        with f:
-            f.seek(state.tip_offset)
-            data = f.read()
-        head = state.journal_offset - state.tip_offset
-        if state.journal_lines:
-            if len(data) < head or data[head - 1:head] != b"\n" or hash_bytes(data[:head - 1]) != state.tip:
-                return None
-        data = data[head:]
-        out: list[_Pending] = []
-        pos = state.journal_offset
-        seq = state.journal_lines
-        for line in data.split(b"\n")[:-1]:  # the last piece is "" or a line still being written
-            entry = JournalEntry.decode(line, seq + 1)
-            if entry.seq != seq:
-                raise IntegrityError(
-                    f"journal line {seq + 1} says seq {entry.seq}; the journal was edited: "
-                    "run `vault verify`"
-                )
-            out.append(_Pending(pos, entry))
-            pos += len(line) + 1
-            seq += 1
-        return out
+        last = (state.tip_offset, Digest(state.tip)) if state.journal_lines else None
+        lines = _journal.read_after(self.vault.refs.journal, state.journal_offset,
+                                    state.journal_lines, last)
+        return None if lines is None else [_Pending(pos, entry) for pos, entry in lines]
 
     # -- rows ----------------------------------------------------------------------------
     def _index_lines(

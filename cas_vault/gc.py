@@ -2,11 +2,12 @@
 
 Live objects are every commit reachable from a ref, a journal line or an intent file (through
 parents), every object their trees name, and every object listed in a working index
-(``specimens/*/.cas/index.msgpack``: tensor chunks written before their commit). gc holds
-``locks/gc.lock`` exclusively while it decides and deletes; writers hold it shared while they
-create objects, so an object a concurrent commit has just written is either already reachable or
-its writer is still waiting for the lock. Unreachable objects are removed only once older than
-the grace period (mtime; re-putting an object refreshes it), by default two weeks as in git.
+(``specimens/*/.cas/index.msgpack``: tensor chunks written before their commit); the rule lives
+in :mod:`cas_vault.reachability`. gc holds ``locks/gc.lock`` exclusively while it decides and
+deletes; writers hold it shared while they create objects, so an object a concurrent commit has
+just written is either already reachable or its writer is still waiting for the lock.
+Unreachable objects are removed only once older than the grace period (mtime; re-putting an
+object refreshes it), by default two weeks as in git.
 
 gc refuses to delete anything when a ref's commit (or an ancestor) is missing or does not decode,
 because then the set of live objects is unknown: run ``vault verify`` and repair first.
@@ -22,11 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import FileLock, fsync_dir, remove_tree
-from .digest import Digest, is_digest
 from .errors import ChecksumMismatch, IntegrityError, InvalidInputError, NotFoundError
-from .ids import validate_id
-from .refs import JournalEntry
-from .verify import TempItem, find_temp, scan_objects, walk_commits, working_index_digests
+from .reachability import reachable
+from .verify import TempItem, find_temp, scan_objects
 
 if TYPE_CHECKING:
     from .vault import Vault
@@ -132,54 +131,6 @@ def _temp_removable(item: TempItem, now: float, temp_age: float) -> bool:
     return item.pid is not None and item.pid != os.getpid() and not _pid_alive(item.pid)
 
 
-def live_roots(vault: Vault) -> tuple[dict[Digest, str], set[Digest]]:
-    """Collect the commits gc must keep: ``(starts, required)``.
-
-    ``starts`` maps every commit named by a ref, a journal line or an intent file to a specimen
-    id; ``required`` holds those named by refs, whose absence makes gc refuse to run.
-
-    Raises:
-        IntegrityError: if a ref does not hold a commit digest.
-    """
-    refs = vault.refs
-    starts: dict[Digest, str] = {}
-    required: set[Digest] = set()
-    for name in refs.names():
-        try:
-            validate_id(name)
-            d = refs.get(name)
-        except InvalidInputError:
-            raise IntegrityError(
-                f"ref {name} is corrupt, so gc cannot tell which objects it keeps alive; run "
-                "`vault verify` and repair it first (nothing was deleted)"
-            ) from None
-        if d is not None:
-            starts[d] = name
-            required.add(d)
-    # Lines are read one by one: a damaged line must not hide the commits of the others.
-    try:
-        data = refs.journal.read_bytes()
-    except FileNotFoundError:
-        data = b""
-    for i, line in enumerate(data.split(b"\n")[:-1], start=1):
-        try:
-            e = JournalEntry.decode(line, i)
-        except InvalidInputError:
-            continue
-        starts.setdefault(e.commit, e.specimen_id)
-    if refs.pending_dir.is_dir():
-        for name in os.listdir(refs.pending_dir):
-            if name.startswith("."):
-                continue  # a temp file of an intent write, not an intent
-            try:
-                text = (refs.pending_dir / name).read_text("ascii").strip()
-            except (OSError, UnicodeDecodeError):
-                continue
-            if is_digest(text):
-                starts.setdefault(Digest(text), name)
-    return starts, required
-
-
 def gc(
     vault: Vault, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
     temp_age: float = DEFAULT_TEMP_AGE, lock_timeout: float = LOCK_TIMEOUT,
@@ -208,19 +159,15 @@ def gc(
     vault.refs.recover()
     removed: list[str] = []
     with FileLock(vault.gc_lock_path, timeout=lock_timeout):
-        starts, required = live_roots(vault)
-        commits, problems = walk_commits(vault.objects, starts, required)
-        damage = [p for p in problems if p.kind != "ref_mismatch"]
+        reach = reachable(vault)
+        damage = [p for p in reach.problems if p.kind != "ref_mismatch"]
         if damage:
             shown = "; ".join(p.message for p in damage[:3])
             raise IntegrityError(
                 f"gc found damage and deleted nothing, because it cannot tell which objects are "
                 f"live: {shown}. Run `vault verify` for the full list"
             )
-        live: set[Digest] = set(commits)
-        for c in commits.values():
-            live.update(e.digest for e in c.tree.values())
-        live |= working_index_digests(vault)
+        live = reach.live
 
         now = time.time()
         scan = scan_objects(vault.objects)

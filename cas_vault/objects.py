@@ -3,6 +3,8 @@
 An object's name is the BLAKE3 digest of its exact bytes, with no header, so DuckDB, zarr
 and any other reader can use the file in place. Objects are created once (put-if-absent),
 made read-only, and never modified; only ``vault gc`` removes unreachable ones.
+:class:`ObjectStore` is the local backend of the :class:`~cas_vault.store.ObjectBackend` contract;
+its filesystem paths, batches and rehoming are local extras.
 
 An object's inode is the store's alone: files are copied in (hashed while they are copied, from
 one open file), never hard-linked, so no working path, and no process that opened a working
@@ -13,13 +15,14 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from .atomic import (
     fsync_dir,
     fsync_many,
+    fsync_path,
     link_if_absent,
     makedirs_durable,
     put_if_absent,
@@ -29,6 +32,7 @@ from .atomic import (
 )
 from .digest import Digest, Hasher, hash_bytes, is_digest, parse_digest
 from .errors import ChecksumMismatch, FileChangedError, InvalidInputError, NotFoundError
+from .store import object_key
 
 __all__ = ["ObjectBatch", "ObjectStore"]
 
@@ -40,7 +44,10 @@ SMALL_FILE = 1 << 20
 
 
 class ObjectStore:
-    """Blobs named by their BLAKE3 digest.
+    """Blobs named by their BLAKE3 digest, in a local directory.
+
+    Implements :class:`~cas_vault.store.ObjectBackend` with the layout and the write protocol
+    of docs/format.md (sections 3 and 8).
 
     Args:
         root: the ``objects/`` directory.
@@ -58,11 +65,22 @@ class ObjectStore:
         Raises:
             InvalidInputError: if ``digest`` is malformed (it is never joined into a path then).
         """
-        d = parse_digest(digest, "object digest")
-        return self.root / d[:2] / d
+        return self.root / object_key(digest)
+
+    def key(self, digest: Digest | str) -> str:
+        """Return the object's path-free name, ``<2 hex>/<64 hex>`` (its path below ``root``).
+
+        Raises:
+            InvalidInputError: if ``digest`` is malformed.
+        """
+        return object_key(digest)
 
     def has(self, digest: Digest | str) -> bool:
-        """Return True if the object exists."""
+        """Return True if the object exists.
+
+        Raises:
+            InvalidInputError: if ``digest`` is malformed.
+        """
         return self.path(digest).is_file()
 
     def size(self, digest: Digest | str) -> int:
@@ -106,7 +124,7 @@ class ObjectStore:
             self._touch(path)
         return digest
 
-    def put_file(self, src: Path) -> tuple[Digest, int]:
+    def put_file(self, src: Path, expected: Digest | str | None = None) -> tuple[Digest, int]:
         """Store a copy of the file at ``src``; it stays the caller's, untouched.
 
         The bytes are hashed as they are copied from one open file, so the object holds exactly
@@ -115,19 +133,101 @@ class ObjectStore:
 
         Args:
             src: a regular file (symlinks are refused, not followed).
+            expected: if given, the digest the caller claims the file has.
 
         Returns:
             ``(digest, size)``.
 
         Raises:
+            ChecksumMismatch: if ``expected`` is given and the bytes hash to something else
+                (nothing is stored then).
             FileChangedError: if the file changed or was replaced while it was being copied.
-            InvalidInputError: if ``src`` is a symlink or not a regular file.
+            InvalidInputError: if ``src`` is a symlink or not a regular file, or ``expected``
+                is not a well-formed digest.
             OSError: if it cannot be read.
         """
+        if expected is not None:
+            parse_digest(expected, "expected digest")
         batch = self.batch()
-        out = batch.add_file(src)
+        digest, size = batch.add_file(src)
+        if expected is not None and digest != expected:
+            batch.abort()  # the copy is still a temp file: dropping it names nothing
+            raise ChecksumMismatch(str(expected), digest, f"incoming file {src}", incoming=True)
         batch.publish()
-        return out
+        return digest, size
+
+    def put_stream(
+        self, blocks: Iterable[bytes | bytearray | memoryview],
+        expected: Digest | str | None = None, sync_dir: bool = True,
+    ) -> tuple[Digest, int]:
+        """Store the concatenation of ``blocks`` (e.g. a download) without holding it whole.
+
+        The blocks go to a temp file in ``tmp/`` as they are hashed; once the digest is known
+        the temp file is dropped if the object exists (its mtime is refreshed), else fsynced
+        and linked to its name (docs/format.md section 8, put-if-absent).
+
+        Args:
+            blocks: the object's bytes, in order; consumed once.
+            expected: if given, the digest the caller claims the bytes have.
+            sync_dir: fsync the fan-out directory (callers batching many puts may do it once).
+
+        Returns:
+            ``(digest, size)``.
+
+        Raises:
+            ChecksumMismatch: if ``expected`` is given and the bytes hash to something else
+                (nothing is stored then).
+            InvalidInputError: if ``expected`` is not a well-formed digest.
+            OSError: on an I/O failure (the temp file is removed).
+        """
+        if expected is not None:
+            parse_digest(expected, "expected digest")
+        hasher = Hasher()
+        tmp, fd = _open_temp(self.tmp_dir, "s")
+        try:
+            try:
+                for block in blocks:
+                    hasher.update(block)
+                    _write_all(fd, block)
+            finally:
+                os.close(fd)
+            digest = hasher.hexdigest()
+            if expected is not None and digest != expected:
+                raise ChecksumMismatch(str(expected), digest, "incoming object", incoming=True)
+            path = self.path(digest)
+            if path.exists():
+                self._touch(path)
+            else:
+                fsync_path(tmp)  # the bytes are durable before they have a name
+                if not link_if_absent(tmp, path, sync_dir=sync_dir):
+                    self._touch(path)  # another writer linked the same bytes meanwhile
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest, hasher.size
+
+    def delete(self, digest: Digest | str) -> bool:
+        """Remove an object; for gc, which has decided that nothing can reach it.
+
+        The fan-out directory is fsynced, so a removal that returned survives a power loss
+        (the object does not reappear to a later verify or gc).
+
+        Args:
+            digest: the object.
+
+        Returns:
+            True if it was removed, False if it was not there (deleting twice is harmless).
+
+        Raises:
+            InvalidInputError: if ``digest`` is malformed.
+            OSError: if it cannot be removed.
+        """
+        path = self.path(digest)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        fsync_dir(path.parent)
+        return True
 
     def rehome(self, digest: Digest | str) -> bool:
         """Give an object whose inode has other names a fresh inode of its own.
@@ -217,6 +317,32 @@ class ObjectStore:
             return open(self.path(digest), "rb")
         except FileNotFoundError:
             raise NotFoundError(f"object {digest} is missing from {self.root}") from None
+
+    def read_range(self, digest: Digest | str, offset: int, length: int | None = None) -> bytes:
+        """Return up to ``length`` bytes of an object from ``offset`` (no verification).
+
+        For partial reads of large objects (a Parquet footer, a slice of a chunk): a range
+        cannot be checked against a digest of the whole object.
+
+        Args:
+            digest: the object.
+            offset: the first byte, from 0; at or past the end gives ``b""``.
+            length: how many bytes at most; None reads to the end.
+
+        Returns:
+            The bytes, shorter than ``length`` where the object ends first.
+
+        Raises:
+            InvalidInputError: if ``offset`` or ``length`` is negative.
+            NotFoundError: if the object is missing.
+        """
+        if offset < 0 or (length is not None and length < 0):
+            raise InvalidInputError(
+                f"byte range offset={offset}, length={length} of object {digest} is negative")
+        with self.open(digest) as f:
+            f.seek(offset)
+            # A buffered read returns short only at the end of the file.
+            return f.read(-1 if length is None else length)
 
     def iter_digests(self) -> Iterator[Digest]:
         """Yield the digest of every object present, in no particular order.
@@ -333,12 +459,7 @@ class ObjectBatch:
     def _copy_to_temp(self, fd: int, expected: int) -> tuple[Path, Digest, int, os.stat_result]:
         """Copy an open file to a new temp file of the store; return it, its digest and size,
         and the source's ``fstat`` once copied."""
-        tmp = temp_path(self.store.tmp_dir, "c")
-        try:
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _OBJECT_MODE)
-        except FileNotFoundError:
-            makedirs_durable(self.store.tmp_dir)
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _OBJECT_MODE)
+        tmp, out = _open_temp(self.store.tmp_dir, "c")
         try:
             digest, size = _copy_hashing(fd, out, expected)
         except BaseException:
@@ -434,6 +555,30 @@ class ObjectBatch:
             src.unlink(missing_ok=True)
         for tmp, _ in self._moves:
             tmp.unlink(missing_ok=True)
+
+
+def _open_temp(tmp_dir: Path, stem: str) -> tuple[Path, int]:
+    """Create a new read-only temp file in ``tmp_dir`` for an object's bytes.
+
+    Returns:
+        ``(path, file descriptor open for writing)``.
+    """
+    tmp = temp_path(tmp_dir, stem)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        return tmp, os.open(tmp, flags, _OBJECT_MODE)
+    except FileNotFoundError:
+        # tmp/ is not tracked by git, so a vault in a fresh clone may lack it.
+        makedirs_durable(tmp_dir)
+        return tmp, os.open(tmp, flags, _OBJECT_MODE)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:

@@ -11,161 +11,33 @@ missing but whose intent file exists; the next writer (or ``verify``) appends th
 ref already points to a complete commit (commits are written before refs). A ref that lacks both a
 journal line and an intent file was not made by cas-vault (or its journal line was deleted), and
 ``verify`` reports it.
+
+The journal's format (parsing, its tail, the partial last line, the tip record) is read by
+:mod:`cas_vault.journal`; this module writes it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+from . import journal as _journal
 from .atomic import FileLock, append_durable, fsync_dir, link_if_absent, write_replace, write_temp
 from .digest import Digest, hash_bytes, is_digest
 from .errors import ImmutableError, InvalidInputError
 from .ids import validate_id
+from .journal import GENESIS, TIP_NAME, TIP_SIZE, JournalEntry, JournalTip, rollback  # re-exported
 
 __all__ = ["GENESIS", "JournalEntry", "JournalTip", "RefStore", "rollback"]
 
 #: Permission bits of a ref file (and of its intent file, which becomes the ref by a link).
 _REF_MODE = 0o444
-#: The ``prev`` of the first journal entry.
-GENESIS = Digest("0" * 64)
-#: The tip record kept beside the journal (docs/format.md 5.3), and its fixed size.
-TIP_NAME = "journal.tip"
-TIP_SIZE = 86
-
-
-@dataclass(frozen=True)
-class JournalTip:
-    """A witness of the journal's end: how many lines it had and the BLAKE3 of the last one.
-
-    Attributes:
-        lines: the number of complete lines.
-        digest: BLAKE3 of the last line's bytes (without its newline).
-    """
-
-    lines: int
-    digest: Digest
-
-    def encode(self) -> bytes:
-        """The record's bytes: the line count as 20 decimal digits, a space, the digest, ``\\n``.
-
-        Fixed width (86 bytes), so it is rewritten in place with one small write: no new file
-        per commit, and a write cut short leaves a record that does not parse (no witness),
-        never one that names another line.
-        """
-        return f"{self.lines:020d} {self.digest}\n".encode("ascii")
-
-    @classmethod
-    def decode(cls, data: bytes) -> JournalTip | None:
-        """Parse a record; None if it is not one (a cut-short write is no witness)."""
-        if len(data) != TIP_SIZE or data[20:21] != b" " or data[-1:] != b"\n":
-            return None
-        n, d = data[:20], data[21:-1].decode("ascii", "replace")
-        if not n.isdigit() or int(n) < 1 or not is_digest(d):
-            return None
-        return cls(int(n), Digest(d))
-
-    @classmethod
-    def parse(cls, text: str) -> JournalTip:
-        """Parse ``N:DIGEST`` (as ``vault verify`` prints it, to be kept elsewhere).
-
-        Raises:
-            InvalidInputError: if it is not a line count and a digest.
-        """
-        n, _, d = text.strip().partition(":")
-        if not n.isdigit() or int(n) < 1 or not is_digest(d):
-            raise InvalidInputError(
-                f"witness {text!r} is not LINES:DIGEST (as `vault verify` prints after "
-                "'journal tip:', e.g. 12:9a31...)")
-        return cls(int(n), Digest(d))
-
-    def __str__(self) -> str:
-        return f"{self.lines}:{self.digest}"
-
-
-def rollback(journal: bytes, tip: JournalTip) -> str | None:
-    """Say how ``journal`` fails to contain the line ``tip`` witnessed, or None if it does.
-
-    A journal only grows, so every witness of an earlier end must still hold: line ``lines``
-    must exist and hash to ``digest``. Anything else means lines were removed or rewritten.
-
-    Args:
-        journal: the journal's bytes.
-        tip: the witness.
-
-    Returns:
-        What is wrong, in words, or None.
-    """
-    lines = journal.split(b"\n")[:-1]
-    if len(lines) < tip.lines:
-        return (f"the journal has {len(lines)} line(s) where {tip.lines} were witnessed "
-                f"(line {tip.lines} hashed to {tip.digest[:16]}...)")
-    got = hash_bytes(lines[tip.lines - 1])
-    if got != tip.digest:
-        return (f"journal line {tip.lines} hashes to {got[:16]}... where "
-                f"{tip.digest[:16]}... was witnessed")
-    return None
 
 
 def _ref_bytes(commit: str) -> bytes:
     """The bytes of a ref file (and of its intent file): the digest and a newline."""
     return (commit + "\n").encode("ascii")
-
-
-@dataclass(frozen=True)
-class JournalEntry:
-    """One line of the journal.
-
-    Attributes:
-        seq: 0-based position in the journal.
-        specimen_id: the ref created.
-        commit: the commit digest it was created with.
-        time: UTC timestamp of the creation.
-        prev: digest of the previous line (``GENESIS`` for the first).
-        line: the exact line bytes (without the newline).
-    """
-
-    seq: int
-    specimen_id: str
-    commit: Digest
-    time: str
-    prev: Digest
-    line: bytes
-
-    @property
-    def digest(self) -> Digest:
-        """BLAKE3 of the line's bytes: the next entry's ``prev``."""
-        return hash_bytes(self.line)
-
-    @staticmethod
-    def encode(seq: int, specimen_id: str, commit: str, time: str, prev: str) -> bytes:
-        """Return the canonical line for an entry (sorted keys, no spaces, ASCII)."""
-        return json.dumps(
-            {"commit": commit, "prev": prev, "seq": seq, "specimen_id": specimen_id, "time": time},
-            sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-        ).encode("ascii")
-
-    @classmethod
-    def decode(cls, line: bytes, lineno: int) -> JournalEntry:
-        """Parse one journal line.
-
-        Raises:
-            InvalidInputError: if the line is not a well-formed canonical entry.
-        """
-        try:
-            v = json.loads(line)
-            entry = cls(int(v["seq"]), str(v["specimen_id"]), Digest(v["commit"]), str(v["time"]),
-                        Digest(v["prev"]), line)
-        except (ValueError, KeyError, TypeError):
-            raise InvalidInputError(f"journal line {lineno} is not a valid entry") from None
-        if cls.encode(entry.seq, entry.specimen_id, entry.commit, entry.time, entry.prev) != line:
-            raise InvalidInputError(f"journal line {lineno} is not in canonical form")
-        if not (is_digest(entry.commit) and is_digest(entry.prev)):
-            raise InvalidInputError(f"journal line {lineno} has a malformed digest")
-        return entry
 
 
 class RefStore:
@@ -240,9 +112,7 @@ class RefStore:
             data = self.journal.read_bytes()
         except FileNotFoundError:
             return
-        lines = data.split(b"\n")
-        for i, line in enumerate(lines[:-1], start=1):  # the last piece is "" or a partial line
-            yield JournalEntry.decode(line, i)
+        yield from _journal.entries(data)
 
     # -- writing -----------------------------------------------------------------------------
     def intent_temp(self, specimen_id: str, commit: Digest) -> tuple[Path, Path]:
@@ -310,30 +180,8 @@ class RefStore:
         return {e.specimen_id for e in self.entries()}
 
     def _tail(self) -> tuple[int, Digest]:
-        """Return ``(next seq, digest of the last line)`` reading only the journal's end.
-
-        Commits must not slow down as the journal grows, so this never reads the whole file.
-        """
-        try:
-            f = open(self.journal, "rb")
-        except FileNotFoundError:
-            return 0, GENESIS
-        with f:
-            size = f.seek(0, os.SEEK_END)
-            block = 4096
-            while True:
-                start = max(0, size - block)
-                f.seek(start)
-                data = f.read(size - start)
-                end = data.rfind(b"\n")
-                if end == -1 and start == 0:
-                    return 0, GENESIS
-                begin = data.rfind(b"\n", 0, end) + 1 if end > 0 else 0
-                if end == -1 or (begin == 0 and start > 0):
-                    block *= 4  # the last line is longer than the block: read more
-                    continue
-                entry = JournalEntry.decode(data[begin:end], -1)
-                return entry.seq + 1, entry.digest
+        """Return ``(next seq, digest of the last line)`` reading only the journal's end."""
+        return _journal.read_tail(self.journal)
 
     def _drop_partial_line(self) -> None:
         """Truncate a last line that lacks its newline (an append cut short by a crash)."""
@@ -342,22 +190,9 @@ class RefStore:
         except FileNotFoundError:
             return
         with f:
-            size = f.seek(0, os.SEEK_END)
-            if size == 0:
+            keep = _journal.complete_end(f)
+            if keep == f.seek(0, os.SEEK_END):
                 return
-            f.seek(size - 1)
-            if f.read(1) == b"\n":
-                return
-            pos, keep = size, 0
-            while pos > 0:
-                start = max(0, pos - 65536)
-                f.seek(start)
-                chunk = f.read(pos - start)
-                nl = chunk.rfind(b"\n")
-                if nl >= 0:
-                    keep = start + nl + 1
-                    break
-                pos = start
             f.truncate(keep)
             os.fsync(f.fileno())
 

@@ -55,7 +55,7 @@ from .workdir import (
 )
 
 if TYPE_CHECKING:
-    from .refs import JournalEntry
+    from .journal import JournalEntry
     from .verify import Finding
 
 __all__ = ["LogEntry", "ShowInfo", "Vault", "VAULT_ENV"]
@@ -753,19 +753,13 @@ class Vault:
 
     def _journal_entries(self) -> list[JournalEntry]:
         """The journal's decodable lines: a damaged line (verify reports it) hides no other."""
-        from .refs import JournalEntry
+        from .journal import decodable
 
         try:
             data = self.refs.journal.read_bytes()
         except FileNotFoundError:
             return []
-        out = []
-        for i, line in enumerate(data.split(b"\n")[:-1], start=1):  # the last piece: "" or cut
-            try:
-                out.append(JournalEntry.decode(line, i))
-            except InvalidInputError:
-                continue
-        return out
+        return decodable(data)
 
     def _resolve_logged(self, specimen_id: str) -> Digest:
         """:meth:`resolve` for log and show: a deleted or corrupt ref is damage, with its repair.

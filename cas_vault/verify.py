@@ -30,20 +30,21 @@ import os
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import journal as _journal
 from .atomic import TMP_SUFFIX, FileLock
 from .commit import Commit
-from .digest import Digest, hash_bytes, hash_file, is_digest
+from .digest import Digest, hash_file, is_digest
 from .errors import InvalidInputError, LockTimeoutError, NotFoundError
 from .ids import validate_id
-from .refs import GENESIS, JournalEntry, JournalTip, rollback
-from .workdir import COPIES_PATH, INDEX_PATH, WorkingCopies, WorkingIndex, iter_files
+from .journal import JournalEntry, JournalTip, rollback
+from .reachability import reachable, walk_commits, working_index_digests
+from .workdir import WorkingIndex, iter_files
 
 if TYPE_CHECKING:
     from .objects import ObjectStore
@@ -209,7 +210,7 @@ class TempItem:
 
 # -- journal -----------------------------------------------------------------------------------
 def read_journal(data: bytes) -> tuple[dict[str, JournalEntry], list[Finding]]:
-    """Parse and check a journal's bytes.
+    """Parse and check a journal's bytes (:func:`cas_vault.journal.check`) as findings.
 
     Args:
         data: the whole journal file.
@@ -219,135 +220,10 @@ def read_journal(data: bytes) -> tuple[dict[str, JournalEntry], list[Finding]]:
         ``journal_broken`` problem (malformed line, wrong ``seq``, broken ``prev`` chain,
         duplicate specimen, incomplete last line).
     """
-    entries: dict[str, JournalEntry] = {}
-    problems: list[Finding] = []
-    lines = data.split(b"\n")
-    tail = lines.pop()
-    prev = GENESIS
-    for i, line in enumerate(lines):
-        lineno = i + 1
-        try:
-            e = JournalEntry.decode(line, lineno)
-        except InvalidInputError as exc:
-            problems.append(Finding(
-                "journal_broken", f"{exc}: the journal was edited by hand", file="journal"))
-            prev = hash_bytes(line)
-            continue
-        if e.seq != i:
-            problems.append(Finding(
-                "journal_broken",
-                f"journal line {lineno} has seq {e.seq}, expected {i}: a line was deleted, "
-                "inserted or moved", specimen=e.specimen_id, digest=e.commit, file="journal"))
-        if e.prev != prev:
-            problems.append(Finding(
-                "journal_broken",
-                f"journal line {lineno} does not chain to the line before it: that line was "
-                "edited, deleted or moved", specimen=e.specimen_id, digest=e.commit,
-                file="journal"))
-        prev = e.digest
-        if e.specimen_id in entries:
-            problems.append(Finding(
-                "journal_broken",
-                f"journal line {lineno} records {e.specimen_id} a second time (refs are created "
-                "once)", specimen=e.specimen_id, digest=e.commit, file="journal"))
-        else:
-            entries[e.specimen_id] = e
-    if tail:
-        problems.append(Finding(
-            "journal_broken", f"journal line {len(lines) + 1} is incomplete (no newline)",
-            file="journal"))
-    return entries, problems
-
-
-# -- commits -----------------------------------------------------------------------------------
-def walk_commits(
-    store: ObjectStore, starts: dict[Digest, str], required: Iterable[Digest] | None = None,
-    on_read: Callable[[int], None] | None = None,
-) -> tuple[dict[Digest, Commit], list[Finding]]:
-    """Load every commit reachable from ``starts`` through parents, checking each one.
-
-    Args:
-        store: the object store.
-        starts: commit digest -> the specimen (ref) it was reached from.
-        required: the starts whose absence is a problem (default: all); others are skipped
-            silently when missing (e.g. commits named only by the journal).
-        on_read: called with the size of every commit object read and hashed.
-
-    Returns:
-        ``(commits, problems)``: every commit that decoded (a commit whose bytes do not match
-        its digest is included when it still decodes, so its tree is checked too), and the
-        ``missing_commit``, ``missing_parent``, ``corrupt_object`` and ``bad_commit`` problems
-        found.
-    """
-    must = set(starts if required is None else required)
-    commits: dict[Digest, Commit] = {}
-    problems: list[Finding] = []
-    seen: set[Digest] = set()
-    missing: set[Digest] = set()
-    # (digest, specimen it is reached from, child specimen if reached as a parent); breadth
-    # first, so every start is met as a start before it is met as someone's parent.
-    queue: deque[tuple[Digest, str, str | None]] = deque((d, s, None) for d, s in starts.items())
-    while queue:
-        d, sid, child = queue.popleft()
-        rel = f"objects/{d[:2]}/{d}"
-        if d in missing and child is not None:
-            problems.append(Finding(
-                "missing_parent", f"parent commit {d} of {child} is missing from objects/; "
-                "restore it from a backup", specimen=child, digest=d, file=rel))
-        if d in seen:
-            continue
-        seen.add(d)
-        try:
-            data = store.path(d).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            missing.add(d)
-            if child is not None:
-                problems.append(Finding(
-                    "missing_parent", f"parent commit {d} of {child} is missing from objects/; "
-                    "restore it from a backup", specimen=child, digest=d, file=rel))
-            elif d in must:
-                problems.append(Finding(
-                    "missing_commit", f"commit {d} of {sid} is missing from objects/; restore it "
-                    "from a backup", specimen=sid, digest=d, file=rel))
-            continue
-        got = hash_bytes(data)
-        if on_read is not None:
-            on_read(len(data))
-        if got != d:
-            problems.append(Finding(
-                "corrupt_object", f"commit object {d} of {sid} was altered (its bytes hash to "
-                f"{got}); restore it from a backup", specimen=sid, digest=d, file=rel))
-        try:
-            c = Commit.from_bytes(data)
-        except InvalidInputError as exc:
-            problems.append(Finding(
-                "bad_commit", f"commit {d} of {sid} cannot be decoded: {exc}",
-                specimen=sid, digest=d, file=rel))
-            continue
-        commits[d] = c
-        for p in c.parents:
-            queue.append((p, c.specimen_id, c.specimen_id))
-    return commits, problems
-
-
-def working_index_digests(vault: Vault) -> set[Digest]:
-    """Digests recorded in the working indexes of every working directory.
-
-    These objects belong to specimens still being written (tensor chunks go straight into
-    ``objects/``), so they are live although no commit references them yet.
-    """
-    out: set[Digest] = set()
-    if not vault.specimens_dir.is_dir():
-        return out
-    for entry in os.scandir(vault.specimens_dir):
-        if not entry.is_dir(follow_symlinks=False):
-            continue
-        wd = Path(entry.path)
-        if Path(entry.path, INDEX_PATH).is_file():
-            out.update(WorkingIndex(wd).load().values())
-        if Path(entry.path, COPIES_PATH).is_file():
-            out.update(d for d, _ in WorkingCopies(wd).load().values())
-    return out
+    entries, problems = _journal.check(data)
+    return entries, [
+        Finding("journal_broken", p.message, specimen=p.specimen_id, digest=p.commit,
+                file="journal") for p in problems]
 
 
 # -- object directory and temp files -----------------------------------------------------------
@@ -1119,7 +995,10 @@ def verify(
     def count(n: int) -> None:
         chk.bytes_hashed += n
 
-    commits, commit_problems = walk_commits(vault.objects, starts, on_read=count)
+    # Working indexes are read later, after the object scan: a chunk a running writer adds
+    # meanwhile is then named by its index rather than counted as garbage.
+    reach = reachable(vault, starts, on_read=count, workdirs=False)
+    commits, commit_problems = reach.commits, reach.problems
     chk.problems.extend(commit_problems)
 
     uses: dict[Digest, list[_Ref]] = {}
@@ -1148,7 +1027,7 @@ def verify(
             chk.check_workdir(sid, sealed, state, workdir_jobs)
         hashed_workdirs = pool.submit([(p, size) for *_, p, size in workdir_jobs])
         if scan is not None:
-            live = set(commits) | set(uses) | working_index_digests(vault)
+            live = reach.live | working_index_digests(vault)
             chk.report_garbage(scan, live, set(raw))
             chk.report_shared(scan)
         if catalog_read is not None:
@@ -1162,13 +1041,8 @@ def verify(
         mode="quick" if quick else "full", specimens=specimens,
         problems=tuple(sorted(_dedupe(chk.problems), key=_problem_order)), info=tuple(chk.info),
         objects_checked=checked, bytes_hashed=chk.bytes_hashed,
-        seconds=time.perf_counter() - started, journal_tip=_tip_of(journal),
+        seconds=time.perf_counter() - started, journal_tip=_journal.tip_of(journal),
     )
-
-
-def _tip_of(journal: bytes) -> JournalTip | None:
-    lines = journal.split(b"\n")[:-1]
-    return JournalTip(len(lines), hash_bytes(lines[-1])) if lines else None
 
 
 def _problem_order(f: Finding) -> tuple[int, str, str, str]:
