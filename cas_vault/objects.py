@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .atomic import (
+    FileLock,
     fsync_dir,
     fsync_many,
     fsync_path,
@@ -57,6 +58,31 @@ class ObjectStore:
     def __init__(self, root: Path, tmp_dir: Path) -> None:
         self.root = root
         self.tmp_dir = tmp_dir
+
+    @classmethod
+    def of_vault(cls, vault_root: Path) -> ObjectStore:
+        """The object store of the vault at ``vault_root`` (``objects/``, temp files in ``tmp/``).
+
+        For code below the repository (tensor writers, ``SpecimenStorage``), which needs the
+        store and its writer lock, not a whole :class:`~cas_vault.vault.Vault`.
+        """
+        return cls(vault_root / "objects", vault_root / "tmp")
+
+    @property
+    def writer_lock_path(self) -> Path:
+        """The lock writers hold shared while they create objects, and gc exclusively."""
+        return self.root.parent / "locks" / "gc.lock"
+
+    def writing(self, timeout: float = 60.0) -> FileLock:
+        """Hold the store's writer lock shared: gc never prunes an object made meanwhile.
+
+        Args:
+            timeout: seconds to wait for a running gc.
+
+        Returns:
+            The lock, as a context manager.
+        """
+        return FileLock(self.writer_lock_path, timeout=timeout, shared=True)
 
     # -- naming -------------------------------------------------------------------------------
     def path(self, digest: Digest | str) -> Path:

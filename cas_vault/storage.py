@@ -113,9 +113,9 @@ class SpecimenStorage:
                 write_replace(path, data, sync_dir=False)
                 return
 
-            store = ObjectStore(root / "objects", root / "tmp")
+            store = ObjectStore.of_vault(root)
             # The object is live once the record names it; until then gc must wait.
-            with FileLock(root / "locks" / "gc.lock", shared=True):
+            with store.writing():
                 # No directory fsync for either name: nothing durable depends on them until a
                 # commit, which fsyncs the fan-out directory of every object it seals. A crash
                 # leaves the old working file or the new one, and at worst an unused object.
@@ -301,9 +301,9 @@ class SpecimenStorage:
         root = self.vault_root()
         objects = None
         if root is not None:
-            from .vault import Vault
+            from .objects import ObjectStore
 
-            objects = Vault(root).objects
+            objects = ObjectStore.of_vault(root)
         return open_working_tensor(self.path, name, objects)
 
     def list_tensors(self) -> list[str]:

@@ -410,11 +410,11 @@ class _VaultTarget(_Target):
 
     def __init__(self, specimen_dir: Path, name: str, vault_root: Path) -> None:
         super().__init__(specimen_dir, name)
-        from .vault import Vault
+        from .objects import ObjectStore
 
-        self.vault = Vault(vault_root)
+        self.objects = ObjectStore.of_vault(vault_root)
         # The staging tree lives in the vault's private tmp/: only the object names outlast it.
-        self.staging = temp_path(self.vault.objects.tmp_dir, "tensor")
+        self.staging = temp_path(self.objects.tmp_dir, "tensor")
         self._locks = ExitStack()
 
     def open(self) -> Any:
@@ -423,8 +423,8 @@ class _VaultTarget(_Target):
         self._locks.enter_context(writing(self.specimen_dir))
         try:
             check_uncommitted(self.specimen_dir)
-            self._locks.enter_context(FileLock(self.vault.gc_lock_path, shared=True))
-            self.store = ObjectWriteStore(self.vault.objects, self.staging)
+            self._locks.enter_context(self.objects.writing())
+            self.store = ObjectWriteStore(self.objects, self.staging)
         except BaseException:
             self._locks.close()
             raise

@@ -182,7 +182,7 @@ class Vault:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
-        self.objects = ObjectStore(self.root / "objects", self.root / "tmp")
+        self.objects = ObjectStore.of_vault(self.root)
         self.refs = RefStore(
             self.root / "refs", self.root / "journal", self.root / "locks" / "refs.lock",
             self.root / "tmp",
@@ -207,7 +207,7 @@ class Vault:
     @property
     def gc_lock_path(self) -> Path:
         """Lock shared by writers and held exclusively by gc."""
-        return self.root / "locks" / "gc.lock"
+        return self.objects.writer_lock_path
 
     def specimen_dir(self, specimen_id: str) -> Path:
         """The working directory of ``specimen_id`` (validated)."""
