@@ -24,6 +24,13 @@ _EXPORTS = {
 
 __all__ = ["__version__", *_EXPORTS]
 
+# The package wires its features into the seal pipeline; the core names none of them.
+from . import hooks as _hooks  # noqa: E402  (a few lines, no imports of its own)
+
+_hooks.register("prepare", "cas_vault.logger:prepare_commit")  # crashed runs' step-wise logs
+_hooks.register("sealed", "cas_vault.catalog:after_commit")    # index the commit
+_hooks.register("batch_done", "cas_vault.catalog:update_after_batch")
+
 if TYPE_CHECKING:
     from .commit import Commit
     from .errors import VaultError

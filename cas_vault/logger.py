@@ -207,8 +207,6 @@ def prepare_commit(
         InvalidInputError: an unfinished log without ``partial`` (nothing is written).
         LockTimeoutError: a log is still being written by a live process.
     """
-    if not isinstance(partial, bool):
-        raise InvalidInputError(f"partial must be True or False, not {partial!r}")
     busy = _busy_logs(specimen_dir)
     if busy:
         raise LockTimeoutError(

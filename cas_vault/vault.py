@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import canonical, taxonomy
+from . import canonical, hooks, taxonomy
 from .atomic import FileLock, fsync_dir, fsync_many, write_durable, write_replace
 from .commit import FORMAT_VERSION, Commit, Manifest, TreeEntry, kind_of, utc_now
 from .digest import Digest, Hasher, is_digest
@@ -470,9 +470,10 @@ class Vault:
         raw = read_manifest(wd)
         manifest = _manifest_from_working(raw, wd)
         canonical.packb(manifest.to_map())  # unstorable metadata fails before any object is written
-        from .logger import prepare_commit  # step-wise logs of crashed runs
-
-        extra_metadata = prepare_commit(wd, specimen_id, partial, extra_metadata)
+        if not isinstance(partial, bool):
+            raise InvalidInputError(f"partial must be True or False, not {partial!r}")
+        for prepare in hooks.hooks("prepare"):  # features that act before the seal
+            extra_metadata = prepare(wd, specimen_id, partial, extra_metadata)
         if extra_metadata:
             merged = dict(manifest.metadata)
             merged.update(extra_metadata)
@@ -546,16 +547,15 @@ class Vault:
             ) from None
 
     def _after_commit(self, specimen_id: str, digest: Digest, commit: Commit) -> None:
-        """Hook run after a ref exists: update the catalog; must never raise."""
+        """Run the ``sealed`` hooks (the catalog) after a ref exists; never raises."""
         if self._batch_depth:
             self._batch_commits += 1  # indexed once when the batch ends
             return
-        try:
-            from .catalog import after_commit
-
-            after_commit(self, specimen_id, digest, commit)  # marks the catalog stale on failure
-        except Exception:  # the commit stands: derived data never undoes or fails it
-            pass
+        for sealed in hooks.hooks("sealed"):
+            try:
+                sealed(self, specimen_id, digest, commit)
+            except Exception:  # the commit stands: derived data never undoes or fails it
+                pass
 
     @contextmanager
     def batch(self) -> Iterator[Vault]:
@@ -579,12 +579,11 @@ class Vault:
             self._batch_depth -= 1
             if self._batch_depth == 0 and self._batch_commits:
                 self._batch_commits = 0
-                try:
-                    from .catalog import update_after_batch
-
-                    update_after_batch(self)
-                except Exception:  # derived data never fails the commits it describes
-                    pass
+                for done in hooks.hooks("batch_done"):
+                    try:
+                        done(self)
+                    except Exception:  # derived data never fails the commits it describes
+                        pass
 
     def check_uncommitted(self, specimen_id: str, advice: str) -> None:
         """Refuse to go on if ``specimen_id`` is committed: sealed specimens never change.
