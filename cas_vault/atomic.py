@@ -27,6 +27,7 @@ __all__ = [
     "append_durable",
     "fsync_dir",
     "fsync_many",
+    "file_identity",
     "fsync_path",
     "link_if_absent",
     "makedirs_durable",
@@ -34,6 +35,7 @@ __all__ = [
     "remove_tree",
     "replace_with",
     "temp_path",
+    "write_all",
     "write_durable",
     "write_replace",
     "write_temp",
@@ -116,7 +118,13 @@ def fsync_many(paths: Iterable[Path]) -> None:
         raise error
 
 
-def _write_fd(fd: int, data: bytes | bytearray | memoryview) -> None:
+def file_identity(st: os.stat_result) -> list[int]:
+    """What changes when a file is written, truncated, replaced or renamed over."""
+    return [st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
     view = memoryview(data).cast("B")
     while view:
         n = os.write(fd, view)
@@ -135,7 +143,7 @@ def _write_temp(
         makedirs_durable(directory)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        _write_fd(fd, data)
+        write_all(fd, data)
         if sync:
             os.fsync(fd)
     except BaseException:
@@ -221,7 +229,7 @@ def write_durable(
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        _write_fd(fd, data)
+        write_all(fd, data)
         if sync:
             os.fsync(fd)
     finally:
@@ -342,7 +350,7 @@ def append_durable(path: Path, data: bytes) -> None:
     """
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        _write_fd(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from .atomic import (
     FileLock,
+    file_identity,
     fsync_dir,
     fsync_many,
     fsync_path,
@@ -29,6 +30,7 @@ from .atomic import (
     put_if_absent,
     replace_with,
     temp_path,
+    write_all,
     write_temp,
 )
 from .digest import Digest, Hasher, hash_bytes, is_digest, parse_digest
@@ -214,7 +216,7 @@ class ObjectStore:
             try:
                 for block in blocks:
                     hasher.update(block)
-                    _write_all(fd, block)
+                    write_all(fd, block)
             finally:
                 os.close(fd)
             digest = hasher.hexdigest()
@@ -282,9 +284,7 @@ class ObjectStore:
             st = os.fstat(fd)
             if st.st_nlink <= 1:
                 return False
-            tmp = temp_path(self.tmp_dir, "r")
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _OBJECT_MODE)
+            tmp, out = _open_temp(self.tmp_dir, "r")
             try:
                 got, _ = _copy_hashing(fd, out, st.st_size)
             finally:
@@ -467,7 +467,7 @@ class ObjectBatch:
             now = os.stat(src, follow_symlinks=False)
         except FileNotFoundError:
             now = None
-        if (size != before.st_size or _identity(after) != _identity(before)
+        if (size != before.st_size or file_identity(after) != file_identity(before)
                 or now is None or (now.st_ino, now.st_dev) != (before.st_ino, before.st_dev)):
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
@@ -599,19 +599,6 @@ def _open_temp(tmp_dir: Path, stem: str) -> tuple[Path, int]:
         return tmp, os.open(tmp, flags, _OBJECT_MODE)
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    """Write all of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
-    view = memoryview(data).cast("B")
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    """What changes when a file is written, truncated, or has its inode swapped."""
-    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 def _copy_hashing(src: int, dst: int, expected: int) -> tuple[Digest, int]:
     """Copy ``src`` to ``dst`` (file descriptors) from the start, hashing what is copied.
 
@@ -626,11 +613,8 @@ def _copy_hashing(src: int, dst: int, expected: int) -> tuple[Digest, int]:
         n = os.preadv(src, [view], offset)
         if not n:
             break
-        chunk = view[:n]
-        hasher.update(chunk)
-        while chunk:
-            w = os.write(dst, chunk)
-            chunk = chunk[w:]
+        hasher.update(view[:n])
+        write_all(dst, view[:n])
         offset += n
     return hasher.hexdigest(), offset
 

@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import canonical
-from .atomic import FileLock, write_replace
+from .atomic import write_replace
 from .errors import InvalidInputError, NotFoundError
 from .workdir import (
-    PRIVATE_DIR,
     WorkingCopies,
     WorkingIndex,
     check_uncommitted,
-    file_identity,
     writing,
 )
 
@@ -113,18 +111,11 @@ class SpecimenStorage:
                 write_replace(path, data, sync_dir=False)
                 return
 
-            store = ObjectStore.of_vault(root)
-            # The object is live once the record names it; until then gc must wait.
-            with store.writing():
-                # No directory fsync for either name: nothing durable depends on them until a
-                # commit, which fsyncs the fan-out directory of every object it seals. A crash
-                # leaves the old working file or the new one, and at worst an unused object.
-                digest = store.put_bytes(data, sync_dir=False)
-                write_replace(path, data, sync_dir=False)
-                identity = file_identity(path.stat())
-                with FileLock(self.path / PRIVATE_DIR / "index.lock"):
-                    WorkingCopies(self.path).record(
-                        {path.relative_to(self.path).as_posix(): (digest, identity)})
+            # No directory fsync: nothing durable depends on the working file's name until a
+            # commit; a crash leaves the old file or the new one.
+            write_replace(path, data, sync_dir=False)
+            WorkingCopies(self.path).store(
+                ObjectStore.of_vault(root), {path.relative_to(self.path).as_posix(): data})
 
     @contextmanager
     def _writing(self) -> Iterator[None]:

@@ -45,7 +45,6 @@ from .storage import VAULT_MARKER, SpecimenStorage, check_name
 from .workdir import (
     COMMIT_LOCK_TIMEOUT,
     MANIFEST_NAME,
-    PRIVATE_DIR,
     WorkingCopies,
     WorkingIndex,
     file_identity,
@@ -370,21 +369,8 @@ class Vault:
         # The manifest is rarely edited after `new`: storing it now saves its copy at commit.
         # protocol.py and field_notes.md are meant to be edited, so their template bytes would
         # mostly be stored for nothing.
-        self._store_copies(target, {MANIFEST_NAME: scaffold[MANIFEST_NAME]})
+        WorkingCopies(target).store(self.objects, {MANIFEST_NAME: scaffold[MANIFEST_NAME]})
         return target
-
-    def _store_copies(self, wd: Path, files: dict[str, bytes]) -> None:
-        """Store freshly written working files as objects and record them (see WorkingCopies).
-
-        Their bytes are in memory now; at commit they would have to be read and copied.
-        """
-        with FileLock(self.gc_lock_path, shared=True):
-            stored = {}
-            for rel, data in files.items():
-                digest = self.objects.put_bytes(data, sync_dir=False)
-                stored[rel] = (digest, file_identity(os.stat(wd / rel, follow_symlinks=False)))
-            with FileLock(wd / PRIVATE_DIR / "index.lock"):
-                WorkingCopies(wd).record(stored)
 
     def storage(self, specimen_id: str) -> SpecimenStorage:
         """Return the :class:`SpecimenStorage` of a working directory (creates nothing)."""

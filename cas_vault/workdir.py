@@ -17,12 +17,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import canonical
-from .atomic import FileLock, write_replace
+from .atomic import FileLock, file_identity, write_replace
 from .digest import Digest, is_digest
 from .errors import InvalidInputError, NotFoundError
+
+if TYPE_CHECKING:
+    from .objects import ObjectStore
 
 __all__ = [
     "COMMIT_LOCK_TIMEOUT",
@@ -291,11 +294,6 @@ class WorkingIndex:
         write_replace(self.path, canonical.packb(current))
 
 
-def file_identity(st: os.stat_result) -> list[int]:
-    """What changes when a file is written, truncated, replaced or renamed over."""
-    return [st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
 class WorkingCopies:
     """Objects already made from working files (``.cas/copies.msgpack``), so commit need not.
 
@@ -342,9 +340,24 @@ class WorkingCopies:
         # Not fsynced: a record lost in a crash only means the commit copies the file again.
         write_replace(self.path, canonical.packb(current), sync_dir=False, sync=False)
 
-    def sealable(self, rel: str, st: os.stat_result) -> Digest | None:
-        """The digest recorded for ``rel`` if the file is still exactly as recorded."""
-        got = self.load().get(rel)
-        if got is None or got[1] != file_identity(st):
-            return None
-        return got[0]
+    def store(self, objects: ObjectStore, files: dict[str, bytes | memoryview]) -> None:
+        """Store working files just written as objects, and record them.
+
+        Their bytes are in memory now; at commit they would have to be read and copied.
+        No directory is fsynced: nothing durable depends on these names until a commit, which
+        fsyncs the fan-out directory of every object it seals. A crash leaves at worst an
+        unused object, and a lost record only means a copy at commit.
+
+        Args:
+            objects: the vault's object store.
+            files: relative path -> the bytes the working file was just written with.
+        """
+        # The objects are live once the record names them; until then gc must wait.
+        with objects.writing():
+            stored = {}
+            for rel, data in files.items():
+                digest = objects.put_bytes(data, sync_dir=False)
+                st = os.stat(self.specimen_dir / rel, follow_symlinks=False)
+                stored[rel] = (digest, file_identity(st))
+            with FileLock(self.specimen_dir / PRIVATE_DIR / "index.lock"):
+                self.record(stored)

@@ -11,7 +11,6 @@ working directories), and ``gc`` must remove that garbage.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess

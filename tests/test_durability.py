@@ -12,7 +12,6 @@ before Y" below means an fsync of X's path returned before Y was called.
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING

@@ -13,7 +13,7 @@ import pytest
 from cas_vault import Vault
 from cas_vault.atomic import fsync_many
 from cas_vault.digest import hash_bytes, hash_file
-from cas_vault.errors import FileChangedError, IntegrityError, InvalidInputError
+from cas_vault.errors import FileChangedError, InvalidInputError
 from cas_vault.objects import ObjectStore
 
 
