@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cas_vault.engines.spectroscopy.encode import Encoder, default_chunk_rows  # noqa: E402
-from cas_vault.engines.spectroscopy.engine import SpectroscopyOptions, analyse  # noqa: E402
+from cas_vault.engines.spectroscopy.analysis import SpectroscopyOptions, analyse  # noqa: E402
 from cas_vault.engines.spectroscopy.numerics import numeric_environment  # noqa: E402
 from cas_vault.engines.spectroscopy.sae import SAE  # noqa: E402
 

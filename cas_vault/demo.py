@@ -210,7 +210,7 @@ def _run_spectroscopy(vault: Vault, result: DemoResult) -> None:
     if vault.refs.get(SPECTRO_ID) is not None:
         result.existing.append(SPECTRO_ID)
         return
-    from .engines.spectroscopy.engine import SpectroscopyOptions
+    from .engines.spectroscopy.analysis import SpectroscopyOptions
 
     out = vault.spectroscopy(
         SAE_ACTS_ID, sae=SAE_WEIGHTS_ID, new_id=SPECTRO_ID,

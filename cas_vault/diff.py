@@ -16,7 +16,7 @@ from . import canonical
 from .errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from .vault import Vault
+    from .repository import Repository
 
 __all__ = ["Change", "MetricSummary", "SpecimenDiff", "diff_specimens"]
 
@@ -128,7 +128,7 @@ def _changes(a: Any, b: Any, prefix: str = "") -> list[Change]:
     return [] if _same(a, b) else [Change(prefix, a, b)]
 
 
-def _summaries(vault: Vault, sa: Any, sb: Any, rel: str) -> list[MetricSummary]:
+def _summaries(vault: Repository, sa: Any, sb: Any, rel: str) -> list[MetricSummary]:
     import polars as pl
 
     try:
@@ -153,7 +153,7 @@ def _summary(s: Any) -> dict[str, float | None]:
     return {"final": float(values[-1]), "min": float(values.min()), "max": float(values.max())}
 
 
-def diff_specimens(vault: Vault, a: str, b: str) -> SpecimenDiff:
+def diff_specimens(vault: Repository, a: str, b: str) -> SpecimenDiff:
     """Compare two committed specimens.
 
     Args:

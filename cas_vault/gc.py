@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 from .atomic import FileLock, fsync_dir, remove_tree
 from .errors import ChecksumMismatch, IntegrityError, InvalidInputError, NotFoundError
 from .reachability import reachable
-from .verify import TempItem, find_temp, scan_objects
+from .scan import TempItem, find_temp, scan_objects
 
 if TYPE_CHECKING:
-    from .vault import Vault
+    from .repository import Repository
 
 __all__ = ["DEFAULT_GRACE", "DEFAULT_TEMP_AGE", "GcReport", "gc", "parse_duration"]
 
@@ -132,16 +132,18 @@ def _temp_removable(item: TempItem, now: float, temp_age: float) -> bool:
 
 
 def gc(
-    vault: Vault, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
-    temp_age: float = DEFAULT_TEMP_AGE, lock_timeout: float = LOCK_TIMEOUT,
+    vault: Repository, *, grace: float | str = DEFAULT_GRACE, dry_run: bool = False,
+    temp_age: float | str = DEFAULT_TEMP_AGE, lock_timeout: float = LOCK_TIMEOUT,
 ) -> GcReport:
     """Remove unreachable objects older than ``grace`` and temp files left by crashes.
 
     Args:
         vault: the vault.
-        grace: seconds an unreachable object is kept after its last write (0: remove all).
+        grace: how long an unreachable object is kept after its last write (0: remove
+            all): seconds, or a duration such as ``"14d"`` (:func:`parse_duration`).
         dry_run: only report what would be removed.
-        temp_age: seconds after which a temp file is garbage even if its writer may be alive
+        temp_age: age (seconds or a duration) after which a temp file is garbage even if
+            its writer may be alive
             (a temp file whose writing process is dead is garbage at once).
         lock_timeout: seconds to wait for running commits to release the gc lock.
 
@@ -149,11 +151,13 @@ def gc(
         What was (or would be) removed.
 
     Raises:
-        InvalidInputError: for a negative ``grace`` or ``temp_age``.
+        InvalidInputError: for a malformed or negative ``grace`` or ``temp_age``.
         IntegrityError: if a ref, commit or parent commit is missing or corrupt (nothing is
             deleted then; run ``vault verify``).
         LockTimeoutError: if commits kept the gc lock for longer than ``lock_timeout``.
     """
+    grace = parse_duration(grace) if isinstance(grace, str) else float(grace)
+    temp_age = parse_duration(temp_age) if isinstance(temp_age, str) else float(temp_age)
     if grace < 0 or temp_age < 0:
         raise InvalidInputError("grace and temp age must be zero or positive durations")
     vault.refs.recover()

@@ -17,7 +17,7 @@ from asciidag.graph import Graph
 from asciidag.node import Node
 
 if TYPE_CHECKING:
-    from .vault import LogEntry
+    from .repository import LogEntry
 
 __all__ = ["label", "render_graph"]
 
@@ -31,7 +31,7 @@ def label(entry: LogEntry) -> str:
 
 
 def render_graph(entries: Sequence[LogEntry], color: bool = False) -> list[str]:
-    """Draw the lineage of ``entries`` (from :meth:`Vault.log`) as lines of ASCII art.
+    """Draw the lineage of ``entries`` (from :meth:`Repository.log`) as lines of ASCII art.
 
     Children are drawn above their parents; edges to parents outside ``entries`` are left out.
 

@@ -1,13 +1,13 @@
 """What features do at commit time, handed to the seal pipeline instead of imported by it.
 
-The seal pipeline (:meth:`cas_vault.vault.Vault.commit`) runs three stages of hooks:
+The seal pipeline (:func:`cas_vault.seal.commit`) runs three stages of hooks:
 
 - ``prepare(specimen_dir, specimen_id, partial, extra_metadata) -> extra_metadata``: before the
   working directory is read, under its lock (the step logger assembles a crashed run's logs and
   refuses an unfinished one here);
 - ``sealed(vault, specimen_id, digest, commit)``: after the ref exists, outside a batch (the
   catalog indexes the commit); must never raise, and an error never undoes the commit;
-- ``batch_done(vault)``: when the outermost ``Vault.batch()`` ends after commits (the catalog
+- ``batch_done(vault)``: when the outermost ``Repository.batch()`` ends after commits (the catalog
   indexes them at once).
 
 Hooks are registered as ``"module:function"`` names and imported when first needed, the way

@@ -12,7 +12,7 @@ with ``metrics.parquet``, ``*.zarr`` and its own ``manifest.msgpack``). Every ru
 Seed manifest fields map to the manifest: ``domain`` and ``method`` (top level or under
 ``taxonomy``), ``tags`` (a list or comma-separated string), ``model``. Everything else, and
 ``created``, is kept under ``metadata.legacy`` (docs/format.md). A run's manifest overrides
-its specimen's fields. Importing goes through :meth:`Vault.new` and :meth:`Vault.commit`.
+its specimen's fields. Importing goes through :meth:`Repository.new` and :meth:`Repository.commit`.
 
 Problems (no or corrupt manifest, a domain/method outside the taxonomy, an id that is not
 allowed) are collected in the report, and everything else is still imported. Importing again
@@ -43,7 +43,7 @@ from .ids import validate_id
 from .workdir import MANIFEST_NAME, read_manifest
 
 if TYPE_CHECKING:
-    from .vault import Vault
+    from .repository import Repository
 
 __all__ = [
     "ImportProblem", "ImportReport", "ImportedSpecimen", "MAX_DIR_DEPTH", "RefusedPath",
@@ -374,7 +374,7 @@ _Entry = tuple[int, str, Path, str]
 
 
 class _Importer:
-    def __init__(self, vault: Vault, source: Path, source_fd: int) -> None:
+    def __init__(self, vault: Repository, source: Path, source_fd: int) -> None:
         self.vault = vault
         self.source = source
         self.source_fd = source_fd
@@ -660,7 +660,7 @@ class _Importer:
         self._create(rid, run, f, legacy, [sid], entries, f"import-legacy {run}")
 
 
-def import_legacy(vault: Vault, path: str | os.PathLike[str]) -> ImportReport:
+def import_legacy(vault: Repository, path: str | os.PathLike[str]) -> ImportReport:
     """Import a directory in the seed's layouts (see the module docstring).
 
     Args:

@@ -42,7 +42,7 @@ from .workdir import PRIVATE_DIR, writing
 if TYPE_CHECKING:
     import polars as pl
 
-    from .vault import Vault
+    from .repository import Repository
 
 __all__ = [
     "LOG_DIR",
@@ -191,7 +191,7 @@ def _busy_logs(specimen_dir: Path) -> list[str]:
 def prepare_commit(
     specimen_dir: Path, specimen_id: str, partial: bool, extra_metadata: dict[str, Any] | None,
 ) -> dict[str, Any] | None:
-    """What :meth:`Vault.commit` does about step-wise logs before sealing a working directory.
+    """What :meth:`Repository.commit` does about step-wise logs before sealing a working directory.
 
     Args:
         specimen_dir: the working directory.
@@ -319,7 +319,7 @@ class SpecimenLogger:
 
     def __init__(
         self,
-        vault: Vault,
+        vault: Repository,
         specimen_id: str,
         *,
         domain: str | None = None,
@@ -621,7 +621,7 @@ class SpecimenLogger:
         self._cols, self._steps, self._n = {}, [], 0
 
 
-def start_specimen(vault: Vault, specimen_id: str, **kwargs: Any) -> SpecimenLogger:
+def start_specimen(vault: Repository, specimen_id: str, **kwargs: Any) -> SpecimenLogger:
     """Return a :class:`SpecimenLogger` (see :meth:`Vault.start_specimen`)."""
     return SpecimenLogger(vault, specimen_id, **kwargs)
 

@@ -21,7 +21,7 @@ from .commit import utc_now
 from .errors import InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
-    from .vault import Vault
+    from .repository import Repository
 
 __all__ = ["NOTES_NAME", "append_note"]
 
@@ -29,7 +29,7 @@ NOTES_NAME = "field_notes.md"
 _MAX_NOTE = 1 << 20
 
 
-def append_note(vault: Vault, specimen_id: str, text: str) -> Path:
+def append_note(vault: Repository, specimen_id: str, text: str) -> Path:
     """Append a timestamped entry to an uncommitted specimen's ``field_notes.md``.
 
     Args:

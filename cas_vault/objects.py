@@ -66,7 +66,7 @@ class ObjectStore:
         """The object store of the vault at ``vault_root`` (``objects/``, temp files in ``tmp/``).
 
         For code below the repository (tensor writers, ``SpecimenStorage``), which needs the
-        store and its writer lock, not a whole :class:`~cas_vault.vault.Vault`.
+        store and its writer lock, not a whole :class:`~cas_vault.repository.Repository`.
         """
         return cls(vault_root / "objects", vault_root / "tmp")
 
@@ -121,6 +121,30 @@ class ObjectStore:
             return self.path(digest).stat().st_size
         except FileNotFoundError:
             raise NotFoundError(f"object {digest} is missing from {self.root}") from None
+
+    def shares_inode(self, digest: Digest | str, st: os.stat_result) -> bool:
+        """Return True if ``st`` describes the object's own inode (a hard link to it).
+
+        A working file that is the object's inode is not a copy of the sealed bytes but the
+        sealed bytes themselves: comparing it with the object proves nothing, and a write to it
+        changes the object.
+
+        Args:
+            digest: the object.
+            st: the ``os.stat`` result of another name (a working file).
+
+        Returns:
+            True if the object exists and has the same inode and device as ``st``; False if it
+            is missing or another file.
+
+        Raises:
+            InvalidInputError: if ``digest`` is malformed.
+        """
+        try:
+            ost = self.path(digest).stat()
+        except FileNotFoundError:
+            return False
+        return (ost.st_ino, ost.st_dev) == (st.st_ino, st.st_dev)
 
     # -- writing ------------------------------------------------------------------------------
     def put_bytes(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ChecksumMismatch, IntegrityError, InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
-    from .vault import Vault
+    from .repository import Repository
 
 __all__ = ["PlotResult", "plot_metric", "select_where"]
 
@@ -39,7 +39,7 @@ class PlotResult:
         self.skipped = skipped
 
 
-def select_where(vault: Vault, where: str) -> list[str]:
+def select_where(vault: Repository, where: str) -> list[str]:
     """Specimen ids of the catalog rows matching a SQL condition.
 
     Raises:
@@ -58,7 +58,7 @@ def select_where(vault: Vault, where: str) -> list[str]:
     return [str(x) for x in result.get_column("specimen_id").to_list()]
 
 
-def _series(vault: Vault, specimen_id: str, metric: str) -> tuple[Any, Any, str]:
+def _series(vault: Repository, specimen_id: str, metric: str) -> tuple[Any, Any, str]:
     """Return x values, y values and the x label for one specimen, or raise why not.
 
     Raises:
@@ -106,7 +106,7 @@ def _series(vault: Vault, specimen_id: str, metric: str) -> tuple[Any, Any, str]
 
 
 def plot_metric(
-    vault: Vault,
+    vault: Repository,
     metric: str,
     specimen_ids: Sequence[str] = (),
     *,

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from .catalog import IndexResult, connect_read_only, index, release_writer, stale_reason
 from .errors import InvalidInputError, LockTimeoutError, NotFoundError, QueryTimeoutError, VaultError
+from .repository import Repository
 
 if TYPE_CHECKING:
     import duckdb
     import polars as pl
     import pyarrow as pa
 
-    from .vault import Vault
 
 __all__ = ["CatalogStaleWarning", "FORMATS", "VaultQuery", "render"]
 
@@ -55,8 +55,8 @@ class VaultQuery:
     """Read-only SQL over a vault's catalog (the seed's ``VaultQuery``, across every specimen).
 
     Args:
-        vault_path: the vault directory, or a :class:`~cas_vault.Vault`; None finds it like
-            ``Vault.open`` does (``$CAS_VAULT_DIR``, else the nearest vault above the cwd).
+        vault_path: the vault directory, or an open :class:`~cas_vault.Vault`; None finds it
+            like ``Vault.open`` does (``$CAS_VAULT_DIR``, else the nearest vault above the cwd).
         refresh: bring the catalog up to date before each search (cheap when it is current).
         timeout: seconds to wait while another process writes the catalog.
 
@@ -64,11 +64,10 @@ class VaultQuery:
         NotFoundError: if there is no vault there.
     """
 
-    def __init__(self, vault_path: str | os.PathLike[str] | Vault | None = None, *,
+    def __init__(self, vault_path: str | os.PathLike[str] | Repository | None = None, *,
                  refresh: bool = True, timeout: float = 30.0) -> None:
-        from .vault import Vault
-
-        self.vault = vault_path if isinstance(vault_path, Vault) else Vault.open(vault_path)
+        self.vault = (vault_path if isinstance(vault_path, Repository)
+                      else Repository.open(vault_path))
         self.refresh_before_search = refresh
         self.timeout = timeout
 

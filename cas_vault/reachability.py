@@ -20,13 +20,13 @@ from . import journal
 from .commit import Commit
 from .digest import Digest, hash_bytes, is_digest
 from .errors import IntegrityError, InvalidInputError
+from .findings import Finding
 from .ids import validate_id
 from .workdir import COPIES_PATH, INDEX_PATH, WorkingCopies, WorkingIndex
 
 if TYPE_CHECKING:
     from .objects import ObjectStore
-    from .vault import Vault
-    from .verify import Finding
+    from .repository import Repository
 
 __all__ = ["Reachable", "live_roots", "reachable", "walk_commits", "working_index_digests"]
 
@@ -48,7 +48,7 @@ class Reachable:
     problems: list[Finding]
 
 
-def live_roots(vault: Vault) -> tuple[dict[Digest, str], set[Digest]]:
+def live_roots(vault: Repository) -> tuple[dict[Digest, str], set[Digest]]:
     """Collect the root commits: ``(starts, required)``.
 
     ``starts`` maps every commit named by a ref, a decodable journal line or an intent file to a
@@ -117,8 +117,6 @@ def walk_commits(
         ``missing_commit``, ``missing_parent``, ``corrupt_object`` and ``bad_commit`` problems
         found.
     """
-    from .verify import Finding  # verify imports this module: import its record type late
-
     must = set(starts if required is None else required)
     commits: dict[Digest, Commit] = {}
     problems: list[Finding] = []
@@ -170,7 +168,7 @@ def walk_commits(
     return commits, problems
 
 
-def working_index_digests(vault: Vault) -> set[Digest]:
+def working_index_digests(vault: Repository) -> set[Digest]:
     """Digests recorded in the working indexes and copies records of every working directory.
 
     These objects belong to specimens still being written (tensor chunks go straight into
@@ -198,7 +196,7 @@ def working_index_digests(vault: Vault) -> set[Digest]:
 
 
 def reachable(
-    vault: Vault, starts: dict[Digest, str] | None = None,
+    vault: Repository, starts: dict[Digest, str] | None = None,
     required: Iterable[Digest] | None = None, *, on_read: Callable[[int], None] | None = None,
     workdirs: bool = True,
 ) -> Reachable:

@@ -32,7 +32,7 @@ from .seeding import SEEDS_FILE_ENV, read_seeds_file
 from .workdir import PRIVATE_DIR, writing
 
 if TYPE_CHECKING:
-    from .vault import Vault
+    from .repository import Repository
 
 __all__ = ["LOG_NAME", "RUN_SPECIMEN_ENV", "RunResult", "failed_run_provenance", "run_protocol"]
 
@@ -75,7 +75,7 @@ def _check_args(args: Sequence[str]) -> list[str]:
 
 
 def run_protocol(
-    vault: Vault,
+    vault: Repository,
     specimen_id: str,
     args: Sequence[str] = (),
     *,
@@ -139,7 +139,7 @@ def run_protocol(
 
 
 def _run_locked(
-    vault: Vault, specimen_id: str, args: list[str], wd: Path, private: Path, message: str,
+    vault: Repository, specimen_id: str, args: list[str], wd: Path, private: Path, message: str,
     output: Callable[[bytes], None] | None, timeout: float | None,
     code_dir: str | os.PathLike[str] | None,
 ) -> RunResult:

@@ -15,12 +15,13 @@ seals a half-written file of a writer that plays by these rules.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import canonical
+from . import canonical, taxonomy
 from .atomic import FileLock, file_identity, write_replace
+from .commit import Manifest
 from .digest import Digest, is_digest
 from .errors import InvalidInputError, NotFoundError
 
@@ -37,8 +38,10 @@ __all__ = [
     "MANIFEST_NAME",
     "PRIVATE_DIR",
     "WorkingIndex",
+    "check_tags",
     "check_uncommitted",
     "iter_files",
+    "manifest_from_working",
     "read_manifest",
     "sealing",
     "writing",
@@ -235,6 +238,60 @@ def read_manifest(specimen_dir: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInputError(f"manifest {path} is not a map; recreate it with `vault new`")
     return value
+
+
+def check_tags(tags: Iterable[str]) -> list[str]:
+    """Validate free tags: a list of 1-128 printable characters each (a string is split on commas).
+
+    Returns:
+        The stripped tags, duplicates removed, in order.
+
+    Raises:
+        InvalidInputError: for a non-list, a non-string or an unprintable tag.
+    """
+    if isinstance(tags, str):
+        tags = [t for t in tags.split(",")]
+    if not isinstance(tags, (list, tuple, set, frozenset)):
+        raise InvalidInputError(f"tags must be a list of strings, not {type(tags).__name__}")
+    out: list[str] = []
+    for t in tags:
+        if not isinstance(t, str):
+            raise InvalidInputError(f"tag {t!r} must be a string")
+        t = t.strip()
+        if not t or any(ord(c) < 32 for c in t) or len(t) > 128:
+            raise InvalidInputError(f"tag {t!r} must be 1-128 printable characters")
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def manifest_from_working(raw: dict[str, Any], wd: Path) -> Manifest:
+    """The commit manifest of a working directory's decoded ``manifest.msgpack``.
+
+    Args:
+        raw: the decoded manifest (:func:`read_manifest`).
+        wd: the working directory (for messages).
+
+    Raises:
+        InvalidInputError: for a missing or mistyped field.
+        TaxonomyError: for a domain/method pair outside the taxonomy.
+    """
+    for key in ("domain", "method"):
+        if not isinstance(raw.get(key), str):
+            raise InvalidInputError(
+                f"{wd / MANIFEST_NAME} has no valid {key!r}; recreate the specimen with `vault new`"
+            )
+    taxonomy.check(raw["domain"], raw["method"])
+    parents = raw.get("parents", [])
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise InvalidInputError(f"{wd / MANIFEST_NAME}: 'parents' must be a list of specimen ids")
+    metadata = raw.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise InvalidInputError(f"{wd / MANIFEST_NAME}: 'metadata' must be a map")
+    model = raw.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidInputError(f"{wd / MANIFEST_NAME}: 'model' must be a string")
+    return Manifest(raw["domain"], raw["method"], model, tuple(check_tags(raw.get("tags", []))), metadata)
 
 
 class WorkingIndex:

@@ -10,6 +10,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from cas_vault import Vault
+from cas_vault.repository import Repository
 from cas_vault.cli import cli
 
 
@@ -130,7 +131,7 @@ def test_an_internal_error_exits_70_not_1(tmp_path: Path, monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(Vault, "log", broken)
+    monkeypatch.setattr(Repository, "log", broken)  # the CLI opens the core repository
     monkeypatch.delenv("CAS_VAULT_DEBUG", raising=False)
     r = CliRunner().invoke(cli, ["--vault", v, "log"])
     assert r.exit_code == 70, r.output

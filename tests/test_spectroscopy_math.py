@@ -17,14 +17,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from cas_vault.engines.spectroscopy.encode import Encoder, decode, encode, iter_encode
-from cas_vault.engines.spectroscopy.engine import (
+from cas_vault.engines.spectroscopy.analysis import (
     Analysis,
     SpectroscopyOptions,
     analyse,
-    load_pairs,
     plan_blocks,
     resolve_pairs,
 )
+from cas_vault.engines.spectroscopy.engine import load_pairs
 from cas_vault.engines.spectroscopy.numerics import RTOL, numeric_environment
 from spectro_tolerance import assert_tables_close
 from cas_vault.engines.spectroscopy.sae import SAE, load_sae_file, load_sae_npz, weights_digest
@@ -533,7 +533,7 @@ class Block:  # libraries may probe for torch (find_spec) but never import it
         return None
 sys.meta_path.insert(0, Block())
 import numpy as np
-from cas_vault.engines.spectroscopy.engine import analyse
+from cas_vault.engines.spectroscopy.analysis import analyse
 from cas_vault.engines.spectroscopy.sae import SAE
 w = np.eye(4, 8, dtype=np.float32)
 sae = SAE.from_arrays({'W_enc': w, 'b_enc': np.zeros(8), 'W_dec': w.T, 'b_dec': np.zeros(4)})

@@ -20,7 +20,7 @@ from cas_vault import SpecimenStorage, Vault
 from cas_vault.cli import cli
 from cas_vault.engines.spectroscopy import ENGINE_VERSION, numerics
 from cas_vault.engines.spectroscopy.encode import default_chunk_rows
-from cas_vault.engines.spectroscopy.engine import SpectroscopyOptions, analyse
+from cas_vault.engines.spectroscopy.analysis import SpectroscopyOptions, analyse
 from cas_vault.engines.spectroscopy.numerics import RTOL, numeric_environment
 from spectro_tolerance import assert_tables_close
 from cas_vault.engines.spectroscopy.sae import SAE

@@ -33,8 +33,10 @@ def index(rebuild: bool, accept_rollback: bool, vault_path: str | None) -> None:
     """
     if accept_rollback and not rebuild:
         raise InvalidInputError("--accept-rollback only goes with --rebuild")
+    from ..catalog import index
+
     v = open_vault(vault_path)
-    r = v.index(rebuild=rebuild, accept_rollback=accept_rollback)
+    r = index(v, rebuild=rebuild, accept_rollback=accept_rollback)
     what = "Rebuilt the catalog" if r.rebuilt else "Indexed"
     click.echo(f"{what}: {r.indexed:,} new commits, {r.total:,} specimens in {v.catalog_path} "
                f"({r.seconds:.2f} s)")

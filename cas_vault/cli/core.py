@@ -16,8 +16,8 @@ from .text import escape
 
 if TYPE_CHECKING:
     from ..commit import TreeEntry
-    from ..vault import LogEntry
-    from ..verify import Finding
+    from ..repository import LogEntry
+    from ..findings import Finding
 
 
 def _split_tags(value: str | None) -> list[str]:
@@ -33,9 +33,9 @@ def init(path: str) -> None:
     Example:
       vault init ~/experiments-vault
     """
-    from ..vault import Vault
+    from ..repository import Repository
 
-    v = Vault.init(path)
+    v = Repository.init(path)
     click.echo(f"Initialized empty vault in {v.root}")
 
 

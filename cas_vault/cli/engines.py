@@ -62,7 +62,8 @@ def spectroscopy(activations_id: str, sae_id: str | None, sae_file: Path | None,
     Example:
       vault spectroscopy 2024_12_19_gemma_acts --sae gemma_scope_l12 --pairs pairs.csv
     """
-    from ..engines.spectroscopy.engine import SpectroscopyOptions
+    from ..engines.spectroscopy.analysis import SpectroscopyOptions
+    from ..engines.spectroscopy.engine import run_spectroscopy
 
     given = [s for s in (sae_id, sae_file) if s is not None]
     if len(given) != 1:
@@ -74,10 +75,9 @@ def spectroscopy(activations_id: str, sae_id: str | None, sae_file: Path | None,
         absorption_ratio=absorption_ratio, random_pairs=random_pairs, seed=seed, layer=layer,
         chunk_tokens=chunk_tokens,
     )
-    result = open_vault(vault_path).spectroscopy(
-        activations_id, sae=sae, tensor=tensor,
-        new_id=new_id, pairs=pairs, options=options,
-        scheduler=dask_scheduler or ("dask" if use_dask else None),
+    result = run_spectroscopy(
+        open_vault(vault_path), activations_id, sae=sae, tensor=tensor, new_id=new_id,
+        pairs=pairs, options=options, scheduler=dask_scheduler or ("dask" if use_dask else None),
         message=message,
     )
     click.echo(result.specimen_id)
@@ -96,4 +96,7 @@ def spectrum(specimen_id: str, input_index: int, top: int, vault_path: str | Non
     Example:
       vault spectrum example_sae_spectroscopy --input 3 --top 10
     """
-    click.echo(open_vault(vault_path).spectrum(specimen_id, input_index).format(top=top))
+    from ..engines.spectroscopy.engine import read_spectrum
+
+    spectrum = read_spectrum(open_vault(vault_path).specimen(specimen_id), input_index)
+    click.echo(spectrum.format(top=top))

@@ -60,10 +60,12 @@ def verify(
       vault verify 2024_12_19_my_experiment --json
       vault verify --witness 12:9a31ba84...   # the "journal tip" of an earlier run
     """
+    from ..verify import verify as verify_vault
+
     v = open_vault(vault_path)
     bar = _Bar("verify") if sys.stderr.isatty() else None
     try:
-        report = v.verify(list(specimen_ids), quick=quick, progress=bar, witness=witness)
+        report = verify_vault(v, list(specimen_ids), quick=quick, progress=bar, witness=witness)
     finally:
         if bar is not None:
             bar.close()
@@ -110,8 +112,10 @@ def gc(dry_run: bool, grace: str, as_json: bool, vault_path: str | None) -> None
       vault gc --dry-run
       vault gc --grace 0
     """
+    from ..gc import gc as collect
+
     v = open_vault(vault_path)
-    report = v.gc(grace=grace, dry_run=dry_run)
+    report = collect(v, grace=grace, dry_run=dry_run)
     if as_json:
         echo_json(report.to_dict())
         return

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from ..vault import Vault
+    from ..repository import Repository
 
 __all__ = ["NOTHING_KEPT", "interrupt_message", "watch_seal"]
 
@@ -27,7 +27,7 @@ NOTHING_KEPT = "interrupted; nothing half-written was kept (temp files are clean
 _META_KEY = "cas_vault.sealing"
 
 
-def watch_seal(vault: Vault, specimen_id: str) -> None:
+def watch_seal(vault: Repository, specimen_id: str) -> None:
     """Have an interrupt of the running command say whether ``specimen_id`` got sealed.
 
     Call it before sealing starts; a specimen that has a ref already is not watched (the

@@ -18,12 +18,15 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import VaultError
 from .text import escape
+
+if TYPE_CHECKING:
+    from ..repository import Repository
 
 __all__ = ["cli", "echo_json", "human_bytes", "main", "open_vault", "vault_option"]
 
@@ -117,11 +120,11 @@ def vault_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def open_vault(vault_path: str | None) -> Any:
+def open_vault(vault_path: str | None) -> Repository:
     """Open the vault named by ``--vault`` (or found from the environment / cwd)."""
-    from ..vault import Vault
+    from ..repository import Repository
 
-    return Vault.open(vault_path)
+    return Repository.open(vault_path)
 
 
 def echo_json(value: Any) -> None:

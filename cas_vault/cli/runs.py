@@ -34,6 +34,8 @@ def run(specimen_id: str, args: tuple[str, ...], message: str, timeout: float | 
       vault run 2024_12_19_my_experiment
       vault run -m "lr sweep, 3e-4" 2024_12_19_lr_3e4 -- --lr 3e-4 --epochs 5
     """
+    from ..run import run_protocol
+
     v = open_vault(vault_path)
 
     def output(chunk: bytes) -> None:
@@ -43,7 +45,7 @@ def run(specimen_id: str, args: tuple[str, ...], message: str, timeout: float | 
     if args_list[:1] == ["--"]:  # parsing stopped at SPECIMEN_ID, so click kept the `--`
         args_list = args_list[1:]
     watch_seal(v, specimen_id)
-    result = v.run(specimen_id, args_list, message=message, output=output, timeout=timeout)
+    result = run_protocol(v, specimen_id, args_list, message=message, output=output, timeout=timeout)
     p = result.provenance
     seeds = ", ".join(str(s["seed"]) for s in p["seeds"]) or "none recorded"
     git = p.get("git")
@@ -72,8 +74,10 @@ def import_legacy(path: str, as_json: bool, vault_path: str | None) -> None:
     Example:
       vault import-legacy ~/code/experiments
     """
+    from ..legacy import import_legacy
+
     v = open_vault(vault_path)
-    report = v.import_legacy(path)
+    report = import_legacy(v, path)
     if as_json:
         echo_json(report.to_dict())
     else:
@@ -138,8 +142,10 @@ def diff(a: str, b: str, as_json: bool, vault_path: str | None) -> None:
     Example:
       vault diff 2024_12_19_baseline 2024_12_19_lr_3e4
     """
+    from ..diff import diff_specimens
+
     v = open_vault(vault_path)
-    d = v.diff(a, b)
+    d = diff_specimens(v, a, b)
     if as_json:
         echo_json(d.to_dict())
         return
@@ -186,8 +192,10 @@ def plot(metric: str, specimen_ids: tuple[str, ...], where: str | None, output: 
       vault plot loss 2024_12_19_baseline 2024_12_19_lr_3e4 -o loss.png
       vault plot loss --where "domain = 'training' AND list_contains(tags, 'gpt2')"
     """
+    from ..plot import plot_metric
+
     v = open_vault(vault_path)
-    result = v.plot(metric, list(specimen_ids), where=where, output=output, log_y=log_y)
+    result = plot_metric(v, metric, list(specimen_ids), where=where, output=output, log_y=log_y)
     for sid, why in result.skipped.items():
         click.echo(f"skipped {sid}: {escape(why)}", err=True)
     click.echo(f"Wrote {escape(result.path)} ({len(result.plotted)} specimen(s): {', '.join(result.plotted)})")
@@ -207,6 +215,8 @@ def note(specimen_id: str, text: str, vault_path: str | None) -> None:
     Example:
       vault note 2024_12_19_my_experiment "loss plateaus after step 40k; try warmup"
     """
+    from ..notes import append_note
+
     v = open_vault(vault_path)
-    path = v.note(specimen_id, text)
+    path = append_note(v, specimen_id, text)
     click.echo(f"Added a note to {escape(path)}")

@@ -14,7 +14,9 @@ Modules, one concept each:
 - :mod:`.encode`: float32 encode/decode (JumpReLU and ReLU), chunk by chunk;
 - :mod:`.spectrum`: per-block partial statistics, spectra and per-input metrics;
 - :mod:`.scores`: purity, top-k concentration, drift and absorption (vectorised);
-- :mod:`.engine`: orchestration with bounded memory, and the derived specimen;
+- :mod:`.analysis`: the computation, block by block with bounded memory, and its options;
+- :mod:`.tensor`: a committed specimen's tensor, opened lazily;
+- :mod:`.engine`: orchestration over a vault, and the derived specimen;
 - :mod:`.distributed`: the same computation over dask arrays (dask.distributed);
 - :mod:`.numerics`: the numeric environment that enters the analysis id, and the tolerance.
 

@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any
 from ... import canonical
 from ...errors import InvalidInputError
 from . import numerics
+from .analysis import analyse
 from .spectrum import BlockPartial, Thresholds, block_partial
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from .analysis import Analysis, Block, SpectroscopyOptions
     from .encode import Encoder
-    from .engine import Analysis, Block, SpectroscopyOptions
     from .sae import SAE
 
 __all__ = ["analyse_dask", "connect", "dask_partials", "environments"]
@@ -97,20 +98,18 @@ def analyse_dask(
     array: Any, sae: SAE, options: SpectroscopyOptions | None = None, pairs: np.ndarray | None = None,
     *, scheduler: Any = "dask", window: int | None = None,
 ) -> Analysis:
-    """:func:`~.engine.analyse` with the blocks computed by dask.
+    """:func:`~.analysis.analyse` with the blocks computed by dask.
 
     Args:
         array: the activations (zarr array from the vault, a dask array, or numpy).
-        sae: the SAE. options, pairs: as :func:`~.engine.analyse`.
+        sae: the SAE. options, pairs: as :func:`~.analysis.analyse`.
         scheduler: ``"dask"`` for dask's current scheduler, a scheduler address, or a
             dask.distributed Client.
         window: blocks in flight at once.
 
     Raises:
-        InvalidInputError: if dask is not installed, or as :func:`~.engine.analyse`.
+        InvalidInputError: if dask is not installed, or as :func:`~.analysis.analyse`.
     """
-    from .engine import analyse
-
     with connect(scheduler) as client:
         def produce(blocks: Sequence[Block], arr: Any, encoder: Encoder, thresholds: Thresholds,
                     first: int) -> Iterator[BlockPartial]:

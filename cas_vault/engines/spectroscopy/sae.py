@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...digest import Digest, Hasher
+from ...digest import Digest, Hasher, hash_file
 from ...errors import InvalidInputError, NotFoundError
+from .tensor import open_tensor
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ...vault import CommittedSpecimen
+    from ...specimen import CommittedSpecimen
 
 __all__ = [
     "SAE",
@@ -196,8 +197,6 @@ def load_sae_from_specimen(spec: CommittedSpecimen, *, apply_b_dec_to_input: boo
     Raises:
         InvalidInputError: if the specimen lacks a required tensor or shapes disagree.
     """
-    from .engine import open_tensor
-
     arrays: dict[str, Any] = {}
     for name in SAE_TENSORS:
         try:
@@ -382,7 +381,5 @@ def _existing(path: str | Path) -> Path:
 
 
 def _file_info(path: Path) -> dict[str, Any]:
-    from ...digest import hash_file
-
     digest, size = hash_file(path)
     return {"file": path.name, "file_digest": digest, "file_bytes": size}

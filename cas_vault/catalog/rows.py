@@ -1,0 +1,172 @@
+"""The rows each commit adds to ``catalog``, ``lineage`` and ``objects`` (and its metrics files).
+
+One ``catalog`` row per journal line (a commit that cannot be read still gets one, with status
+``unreadable``), one ``lineage`` row per parent, one ``objects`` row per tree entry. Manifest
+metadata and ``strata/config.msgpack`` are stored as JSON; values JSON has no form for (NaN,
+infinities, bytes) are stored as strings rather than losing the row. The Parquet files under
+``strata/`` are only named here: their rows go into ``metrics`` by way of
+:mod:`cas_vault.catalog.metrics`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .. import canonical
+from ..commit import Commit
+from ..errors import VaultError
+from ..journal import JournalEntry
+from .schema import CATALOG_COLUMNS, add_row, catalog_schema, insert, string_schema
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from ..repository import Repository
+
+__all__ = ["CommitRows", "build_rows", "insert_rows"]
+
+
+@dataclass
+class CommitRows:
+    """Rows gathered column by column (see :func:`cas_vault.catalog.schema.add_row`).
+
+    Attributes:
+        catalog: rows of ``catalog``.
+        lineage: rows of ``lineage``.
+        objects: rows of ``objects``.
+        metrics_files: ``(specimen_id, file, digest)`` of each Parquet file for ``metrics``.
+    """
+
+    catalog: dict[str, list[Any]]
+    lineage: dict[str, list[Any]]
+    objects: dict[str, list[Any]]
+    metrics_files: list[tuple[str, str, str]]
+
+
+def build_rows(
+    vault: Repository, entries: Iterable[JournalEntry], known: Mapping[str, Commit], skip: set[str],
+    seen: set[str],
+) -> CommitRows:
+    """Read the commits these journal lines name and make their rows.
+
+    Args:
+        vault: the vault.
+        entries: the journal lines, in journal order.
+        known: commits already in memory (the one just made), by digest.
+        skip: digests of Parquet objects to leave out of ``metrics`` (unreadable ones).
+        seen: every digest already in ``objects``, for ``unique_bytes``; the digests of these
+            commits are added to it.
+
+    Returns:
+        The rows.
+    """
+    commits: dict[str, Commit | None] = dict(known)
+
+    def load(d: str) -> Commit | None:
+        if d not in commits:
+            try:
+                commits[d] = vault.read_commit(d)
+            except VaultError:
+                commits[d] = None
+        return commits[d]
+
+    cat: dict[str, list[Any]] = {k: [] for k in CATALOG_COLUMNS}
+    lin: dict[str, list[Any]] = {k: [] for k in ("child", "parent", "child_commit", "parent_commit")}
+    obj: dict[str, list[Any]] = {k: [] for k in ("digest", "size", "kind", "specimen_id", "path")}
+    parquet: list[tuple[str, str, str]] = []
+    for e in entries:
+        c = load(e.commit)
+        if c is None:
+            add_row(cat, specimen_id=e.specimen_id, created=_parse_time(e.time),
+                    status="unreadable", commit=e.commit, seq=e.seq)
+            continue
+        own = {t.digest: t.size for t in c.tree.values()}
+        unique = sum(s for d, s in own.items() if d not in seen)
+        seen.update(own)
+        m = c.manifest
+        add_row(
+            cat, specimen_id=e.specimen_id, created=_parse_time(c.created), domain=m.domain,
+            method=m.method, model=m.model, tags=list(m.tags), status=_status(m.metadata),
+            commit=e.commit, parents=list(c.parents), message=c.message, author=c.author,
+            logical_bytes=c.logical_bytes, unique_bytes=unique, seq=e.seq, files=len(c.tree),
+            metadata=_to_json(m.metadata), config=_config_json(vault, c),
+        )
+        for parent in c.parents:
+            pc = load(parent)
+            add_row(lin, child=e.specimen_id, parent=pc.specimen_id if pc else None,
+                    child_commit=e.commit, parent_commit=parent)
+        for path, t in c.tree.items():
+            add_row(obj, digest=t.digest, size=t.size, kind=t.kind, specimen_id=e.specimen_id,
+                    path=path)
+            name = _metrics_file(path, t.kind)
+            if name is not None and t.digest not in skip:
+                parquet.append((e.specimen_id, name, t.digest))
+    return CommitRows(cat, lin, obj, parquet)
+
+
+def insert_rows(conn: duckdb.DuckDBPyConnection, rows: CommitRows) -> None:
+    """Append the ``catalog``, ``lineage`` and ``objects`` rows (not ``metrics_files``)."""
+    import pyarrow as pa
+
+    lin, obj = rows.lineage, rows.objects
+    insert(conn, "catalog", rows.catalog, catalog_schema)
+    if lin["child"]:
+        insert(conn, "lineage", lin, lambda: string_schema(lin))
+    if obj["digest"]:
+        insert(conn, "objects", obj, lambda: pa.schema([
+            ("digest", pa.string()), ("size", pa.int64()), ("kind", pa.string()),
+            ("specimen_id", pa.string()), ("path", pa.string())]))
+
+
+def _config_json(vault: Repository, c: Commit) -> str | None:
+    entry = c.tree.get("strata/config.msgpack")
+    if entry is None:
+        return None
+    try:
+        return _to_json(canonical.unpackb(vault.objects.get(entry.digest, verify=False)))
+    except (VaultError, OSError, ValueError):
+        return None
+
+
+def _metrics_file(path: str, kind: str) -> str | None:
+    """``strata/<name>.parquet`` -> ``<name>`` (the ``file`` column), else None."""
+    if kind != "parquet" or not path.startswith("strata/") or path.count("/") != 1:
+        return None
+    name = path[len("strata/"):]
+    return name[: -len(".parquet")] if name.lower().endswith(".parquet") else None
+
+
+def _status(metadata: Mapping[str, Any]) -> str:
+    status = metadata.get("status")
+    if isinstance(status, str) and status:
+        return status
+    return "partial" if metadata.get("partial") is True else "committed"
+
+
+def _parse_time(value: str) -> _dt.datetime | None:
+    try:
+        return _dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except (TypeError, ValueError):
+        return None
+
+
+def _jsonable(value: Any) -> Any:
+    # JSON has no NaN, inf or bytes: store them as strings rather than lose the row.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _to_json(value: Any) -> str:
+    return json.dumps(_jsonable(value), sort_keys=True, default=str, allow_nan=False)

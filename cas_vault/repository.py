@@ -1,0 +1,628 @@
+"""The repository: one vault directory, the core every feature works on.
+
+Layout (docs/format.md)::
+
+    <vault>/vault.msgpack     marker and format version
+    <vault>/objects/ab/<digest>
+    <vault>/refs/<specimen_id>
+    <vault>/journal
+    <vault>/specimens/<specimen_id>/
+    <vault>/tmp/              temp files (crash leftovers are garbage)
+    <vault>/locks/
+    <vault>/vault.duckdb      derived catalog
+
+:class:`Repository` opens and creates vaults, resolves ids, reads commits, lists the log,
+describes and checks out specimens, and hands scaffolding (:mod:`cas_vault.scaffold`) and
+sealing (:mod:`cas_vault.seal`) the repository they work on. It imports no feature: verify,
+gc, the catalog, queries, runs and engines are modules that take a repository, and
+:class:`cas_vault.vault.Vault` adds them as methods for the Python API.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+from . import canonical, seal
+from .atomic import fsync_dir, fsync_many, write_replace
+from .commit import FORMAT_VERSION, Commit, utc_now
+from .digest import Digest, Hasher, is_digest
+from .errors import (
+    AlreadyExistsError,
+    ChecksumMismatch,
+    ImmutableError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+)
+from .findings import Finding
+from .ids import validate_id
+from .journal import decodable
+from .objects import ObjectStore
+from .refs import RefStore
+from .scaffold import new_specimen
+from .seal import BatchState
+from .specimen import CommittedSpecimen
+from .storage import VAULT_MARKER, SpecimenStorage
+from .workdir import COMMIT_LOCK_TIMEOUT
+
+if TYPE_CHECKING:
+    from .journal import JournalEntry
+
+__all__ = ["LogEntry", "MARKER_FORMAT", "Repository", "ShowInfo", "VAULT_ENV"]
+
+#: Environment variable naming the vault when none is given.
+VAULT_ENV = "CAS_VAULT_DIR"
+#: The ``format`` field of ``vault.msgpack``.
+MARKER_FORMAT = "cas-vault"
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One committed specimen, as listed by :meth:`Repository.log`.
+
+    Attributes:
+        seq: position in the journal (commit order).
+        specimen_id: the specimen.
+        digest: its commit digest.
+        commit: the decoded commit.
+    """
+
+    seq: int
+    specimen_id: str
+    digest: Digest
+    commit: Commit
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable ``vault log --json`` form (documented in README)."""
+        c = self.commit
+        return {
+            "specimen_id": self.specimen_id, "commit": self.digest, "created": c.created,
+            "author": c.author, "message": c.message, "domain": c.manifest.domain,
+            "method": c.manifest.method, "model": c.manifest.model, "tags": list(c.manifest.tags),
+            "parents": list(c.parents), "files": len(c.tree), "logical_bytes": c.logical_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class ShowInfo:
+    """Everything :meth:`Repository.show` reports about one committed specimen.
+
+    Attributes:
+        specimen_id: the specimen.
+        digest: its commit digest.
+        commit: the decoded commit.
+        parent_ids: specimen ids of its parents (None for a parent commit with no ref).
+        logical_bytes: total size of its files.
+        unique_bytes: bytes of objects that no earlier commit referenced (what it added).
+    """
+
+    specimen_id: str
+    digest: Digest
+    commit: Commit
+    parent_ids: tuple[str | None, ...]
+    logical_bytes: int
+    unique_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable ``vault show --json`` form (documented in README)."""
+        c = self.commit
+        return {
+            "specimen_id": self.specimen_id, "commit": self.digest, "format_version": c.version,
+            "created": c.created, "author": c.author, "message": c.message,
+            "manifest": c.manifest.to_map(),
+            "parents": [{"commit": d, "specimen_id": sid} for d, sid in zip(c.parents, self.parent_ids)],
+            "files": [{"path": p, "digest": e.digest, "size": e.size, "kind": e.kind}
+                      for p, e in c.tree.items()],
+            "logical_bytes": self.logical_bytes, "unique_bytes": self.unique_bytes,
+        }
+
+
+class Repository:
+    """A cas-vault directory: the core every feature works on.
+
+    Use :meth:`init` to create one and :meth:`open` to open an existing one.
+
+    Args:
+        root: the vault directory (must already be a vault).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.objects = ObjectStore.of_vault(self.root)
+        self.refs = RefStore(
+            self.root / "refs", self.root / "journal", self.root / "locks" / "refs.lock",
+            self.root / "tmp",
+        )
+        self.batching = BatchState()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def specimens_dir(self) -> Path:
+        """``<vault>/specimens``."""
+        return self.root / "specimens"
+
+    @property
+    def catalog_path(self) -> Path:
+        """``<vault>/vault.duckdb``."""
+        return self.root / "vault.duckdb"
+
+    @property
+    def gc_lock_path(self) -> Path:
+        """Lock shared by writers and held exclusively by gc."""
+        return self.objects.writer_lock_path
+
+    def specimen_dir(self, specimen_id: str) -> Path:
+        """The working directory of ``specimen_id`` (validated)."""
+        return self.specimens_dir / validate_id(specimen_id)
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def init(cls, path: str | os.PathLike[str]) -> Self:
+        """Create a new vault at ``path`` (the directory may exist; it must not be a vault).
+
+        Raises:
+            AlreadyExistsError: if ``path`` already holds a vault.
+            InvalidInputError: if ``path`` is a file.
+        """
+        root = Path(path).resolve()
+        if (root / VAULT_MARKER).exists():
+            raise AlreadyExistsError(f"{root} is already a vault; use it as it is")
+        if root.exists() and not root.is_dir():
+            raise InvalidInputError(f"{root} exists and is not a directory; choose another path")
+        root.mkdir(parents=True, exist_ok=True)
+        for sub in ("objects", "refs", "specimens", "tmp", "locks"):
+            (root / sub).mkdir(exist_ok=True)
+        for i in range(256):
+            (root / "objects" / f"{i:02x}").mkdir(exist_ok=True)
+        fsync_dir(root / "objects")
+        # The marker is written last: a directory is a vault only once its layout exists.
+        marker = {"format": MARKER_FORMAT, "version": FORMAT_VERSION, "created": utc_now()}
+        write_replace(root / VAULT_MARKER, canonical.packb(marker))
+        fsync_dir(root.parent)
+        return cls(root)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None) -> Self:
+        """Open an existing vault.
+
+        Args:
+            path: the vault directory. If None: ``$CAS_VAULT_DIR``, else the nearest directory
+                at or above the current one that holds ``vault.msgpack`` (like git).
+
+        Raises:
+            NotFoundError: if no vault is found, saying where it looked.
+            InvalidInputError: if the marker is from an unknown format or a newer version.
+        """
+        if path is None and os.environ.get(VAULT_ENV):
+            path = os.environ[VAULT_ENV]
+        if path is not None:
+            root = Path(path).resolve()
+            if not (root / VAULT_MARKER).is_file():
+                raise NotFoundError(
+                    f"{root} is not a vault (no {VAULT_MARKER}); create one with "
+                    f"`vault init {path}` or pass the right --vault"
+                )
+        else:
+            cwd = Path.cwd().resolve()
+            for candidate in (cwd, *cwd.parents):
+                if (candidate / VAULT_MARKER).is_file():
+                    root = candidate
+                    break
+            else:
+                raise NotFoundError(
+                    f"no vault in {cwd} or any parent directory; create one with `vault init`, "
+                    f"or pass --vault PATH, or set {VAULT_ENV}"
+                )
+        marker = canonical.unpackb((root / VAULT_MARKER).read_bytes(), f"{root / VAULT_MARKER}")
+        if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
+            raise InvalidInputError(f"{root / VAULT_MARKER} is not a cas-vault marker")
+        version = marker.get("version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise InvalidInputError(
+                f"{root} uses vault format {version!r}; this cas-vault reads up to "
+                f"{FORMAT_VERSION}: upgrade cas-vault"
+            )
+        return cls(root)
+
+    @classmethod
+    def open_or_init(cls, path: str | os.PathLike[str]) -> Self:
+        """Open the vault at ``path``, creating it if the directory holds none."""
+        if (Path(path) / VAULT_MARKER).is_file():
+            return cls.open(path)
+        return cls.init(path)
+
+    # -- scaffolding -------------------------------------------------------------------------
+
+    # -- scaffolding and sealing (cas_vault.scaffold, cas_vault.seal) -----------------------
+    def new(
+        self,
+        specimen_id: str,
+        *,
+        domain: str,
+        method: str,
+        tags: Iterable[str] = (),
+        model: str | None = None,
+        parents: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> Path:
+        """Scaffold ``specimens/<id>/``; see :func:`cas_vault.scaffold.new_specimen`.
+
+        Returns:
+            The new working directory.
+
+        Raises:
+            InvalidIdError: for a bad id. TaxonomyError: for a bad domain/method pair.
+            AlreadyExistsError: if the specimen exists (working directory or commit).
+            NotFoundError: if a parent is not committed.
+        """
+        return new_specimen(self, specimen_id, domain=domain, method=method, tags=tags,
+                            model=model, parents=parents, metadata=metadata)
+
+    def storage(self, specimen_id: str) -> SpecimenStorage:
+        """Return the :class:`SpecimenStorage` of a working directory (creates nothing)."""
+        return SpecimenStorage(self.specimen_dir(specimen_id))
+
+    def commit(
+        self,
+        specimen_id: str,
+        *,
+        message: str = "",
+        parents: Sequence[str] = (),
+        author: str | None = None,
+        extra_metadata: dict[str, Any] | None = None,
+        partial: bool = False,
+        lock_timeout: float = COMMIT_LOCK_TIMEOUT,
+    ) -> Commit:
+        """Seal ``specimens/<id>/`` as an immutable commit; see :func:`cas_vault.seal.commit`.
+
+        Returns:
+            The commit (``commit.digest`` is its id).
+
+        Raises:
+            ImmutableError: if the specimen is committed already (names the commit).
+            NotFoundError: if the working directory, manifest or a parent is missing.
+            InvalidInputError: for a corrupt manifest, bad taxonomy, symlinks, bad message.
+            FileChangedError: a working file changed while it was copied (nothing sealed).
+            LockTimeoutError: a writer kept the working directory for too long.
+        """
+        return seal.commit(self, specimen_id, message=message, parents=parents, author=author,
+                           extra_metadata=extra_metadata, partial=partial,
+                           lock_timeout=lock_timeout)
+
+    @contextmanager
+    def batch(self) -> Iterator[Self]:
+        """Commit many specimens with one catalog update at the end; see :func:`cas_vault.seal.batch`.
+
+        Example::
+
+            with vault.batch():
+                for run in runs:
+                    vault.commit(run.id)
+        """
+        with seal.batch(self):
+            yield self
+
+    def check_uncommitted(self, specimen_id: str, advice: str) -> None:
+        """Refuse to go on if ``specimen_id`` is committed: sealed specimens never change.
+
+        Args:
+            specimen_id: a validated id.
+            advice: what the user should do instead (the end of the message).
+
+        Raises:
+            ImmutableError: naming the commit and giving ``advice``.
+        """
+        existing = self.refs.get(specimen_id)
+        if existing is not None:
+            raise ImmutableError(f"specimen {specimen_id} is already committed as {existing}; {advice}")
+
+    def resolve_parents(self, parents: Sequence[str]) -> list[Digest]:
+        """Commit digests of parents given as specimen ids or commit digests, without repeats.
+
+        Raises:
+            NotFoundError: for an uncommitted id or a digest that is not in the vault.
+            InvalidInputError: for a digest of an object that is not a commit.
+        """
+        out: list[Digest] = []
+        for p in parents:
+            d = Digest(p) if is_digest(p) else self.resolve(p)
+            if is_digest(p) and not self.objects.has(d):
+                raise NotFoundError(f"parent commit {p} is not in this vault")
+            if is_digest(p):
+                try:  # any object has a digest: only a commit may become a parent
+                    self.read_commit(d)
+                except InvalidInputError:
+                    raise InvalidInputError(
+                        f"parent {p} is an object of this vault but not a commit; pass a "
+                        "specimen id or a commit digest (`vault log` lists them)"
+                    ) from None
+            if d not in out:
+                out.append(d)
+        return out
+
+    # -- reading -----------------------------------------------------------------------------
+    def resolve(self, specimen_id: str) -> Digest:
+        """Return the commit digest of a committed specimen.
+
+        Raises:
+            NotFoundError: if it is not committed (saying whether it is merely uncommitted).
+        """
+        d = self.refs.get(specimen_id)
+        if d is None:
+            if self.specimen_dir(specimen_id).is_dir():
+                raise NotFoundError(
+                    f"specimen {specimen_id} is not committed yet; seal it with "
+                    f"`vault commit {specimen_id}`"
+                )
+            raise NotFoundError(
+                f"no specimen {specimen_id} in {self.root}; `vault log` lists committed specimens"
+            )
+        return d
+
+    def read_commit(self, digest: Digest | str) -> Commit:
+        """Load and verify a commit object.
+
+        Raises:
+            NotFoundError: if missing. ChecksumMismatch: if altered. InvalidInputError: if malformed.
+        """
+        return Commit.from_bytes(self.objects.get(digest, verify=True))
+
+    def get(self, specimen_id: str) -> Commit:
+        """Return the commit of a committed specimen."""
+        return self.read_commit(self.resolve(specimen_id))
+
+    def log(
+        self, specimen_id: str | None = None, *,
+        on_damage: Callable[[Finding], None] | None = None,
+    ) -> list[LogEntry]:
+        """List commits, newest first.
+
+        One damaged commit must not hide the others. With ``on_damage``, every commit that
+        cannot be read (missing, altered or undecodable) is passed to it as a
+        :class:`~cas_vault.verify.Finding` (the kind ``vault verify`` reports, the specimen, the
+        commit digest and a message saying what is wrong) and left out of the list; so are, for
+        the whole-vault log, refs that do not hold a digest and journal lines whose ref is gone.
+
+        Args:
+            specimen_id: if given, that specimen and all its ancestors (its lineage).
+            on_damage: called with each damaged entry; without it the first damaged commit
+                raises.
+
+        Returns:
+            The readable entries.
+
+        Raises:
+            NotFoundError: if ``specimen_id`` is not committed.
+            IntegrityError: if the ref of ``specimen_id`` is corrupt or was deleted (the
+                message gives the repair), or, without ``on_damage``, at the first commit that
+                cannot be read.
+        """
+
+        def damaged(finding: Finding) -> None:
+            if on_damage is None:
+                raise IntegrityError(finding.message)
+            on_damage(finding)
+
+        journal = self._journal_entries()
+        seqs: dict[str, int] = {}
+        for e in journal:
+            seqs.setdefault(e.specimen_id, e.seq)
+        wanted: list[tuple[str, Digest, Commit]] = []
+        if specimen_id is None:
+            refs = self.refs.all()
+            if on_damage is not None:
+                names = set(self.refs.names())
+                for name in sorted(names - set(refs)):
+                    on_damage(self._bad_ref_finding(name))
+                for e in journal:
+                    if e.specimen_id not in names:
+                        names.add(e.specimen_id)  # one finding for an id journaled twice
+                        on_damage(self._missing_ref_finding(e))
+            for sid, d in refs.items():
+                c = self._read_logged(d, sid)
+                if isinstance(c, Commit):
+                    wanted.append((sid, d, c))
+                else:
+                    damaged(c)
+        else:
+            by_digest = {d: sid for sid, d in self.refs.all().items()}
+            start = self._resolve_logged(specimen_id)
+            seen: set[Digest] = set()
+            stack: list[tuple[Digest, str | None]] = [(start, None)]
+            while stack:
+                d, child = stack.pop()
+                if d in seen:
+                    continue
+                seen.add(d)
+                owner = specimen_id if child is None else by_digest.get(d)
+                c = self._read_logged(d, owner, child)
+                if not isinstance(c, Commit):
+                    damaged(c)
+                    continue
+                wanted.append((c.specimen_id, d, c))
+                stack.extend((p, c.specimen_id) for p in c.parents)
+        entries = [LogEntry(seqs.get(sid, len(seqs)), sid, d, c) for sid, d, c in wanted]
+        entries.sort(key=lambda e: (e.commit.created, e.seq), reverse=True)
+        return entries
+
+    def show(self, specimen_id: str) -> ShowInfo:
+        """Describe a committed specimen: manifest, files, parents and byte accounting.
+
+        Raises:
+            NotFoundError: if it is not committed.
+            IntegrityError: if its ref is corrupt or was deleted, or its commit cannot be read
+                (the message says what is wrong and what to do).
+        """
+        digest = self._resolve_logged(specimen_id)
+        commit = self._read_logged(digest, specimen_id)
+        if not isinstance(commit, Commit):
+            raise IntegrityError(commit.message)
+        by_digest = {d: sid for sid, d in self.refs.all().items()}
+        earlier: set[str] = set()
+        for e in self._journal_entries():
+            if e.specimen_id == specimen_id:
+                break
+            try:
+                earlier.update(x.digest for x in self.read_commit(e.commit).tree.values())
+            except (NotFoundError, InvalidInputError, ChecksumMismatch):
+                continue
+        own = {e.digest: e.size for e in commit.tree.values()}
+        unique = sum(size for d, size in own.items() if d not in earlier)
+        return ShowInfo(
+            specimen_id, digest, commit, tuple(by_digest.get(p) for p in commit.parents),
+            commit.logical_bytes, unique,
+        )
+
+    def _journal_entries(self) -> list[JournalEntry]:
+        """The journal's decodable lines: a damaged line (verify reports it) hides no other."""
+        try:
+            data = self.refs.journal.read_bytes()
+        except FileNotFoundError:
+            return []
+        return decodable(data)
+
+    def _resolve_logged(self, specimen_id: str) -> Digest:
+        """:meth:`resolve` for log and show: a deleted or corrupt ref is damage, with its repair.
+
+        A specimen whose ref was deleted still has its working directory, so :meth:`resolve`
+        would advise ``vault commit``: that would seal a second commit over the journaled one
+        and make the damage permanent.
+
+        Raises:
+            InvalidIdError: for a malformed id.
+            IntegrityError: if the ref is corrupt, or missing while the journal records it.
+            NotFoundError: if the specimen was never committed.
+        """
+        validate_id(specimen_id)
+        try:
+            d = self.refs.get(specimen_id)
+        except InvalidInputError:
+            raise IntegrityError(self._bad_ref_finding(specimen_id).message) from None
+        if d is not None:
+            return d
+        for e in self._journal_entries():
+            if e.specimen_id == specimen_id:
+                raise IntegrityError(self._missing_ref_finding(e).message)
+        return self.resolve(specimen_id)
+
+    def _read_logged(
+        self, digest: Digest, specimen_id: str | None, child: str | None = None,
+    ) -> Commit | Finding:
+        """Read a commit, or say as a verify finding why it cannot be read.
+
+        Args:
+            digest: the commit.
+            specimen_id: the specimen it seals, when a ref names it.
+            child: the specimen it was reached from as a parent (lineage walks).
+        """
+        what = f"commit {digest} of {specimen_id}" if specimen_id else \
+            f"parent commit {digest} of {child}"
+        sid = specimen_id or child
+        rel = f"objects/{digest[:2]}/{digest}"
+        advice = f"run `vault verify {sid}` to see everything affected and how to repair it"
+        try:
+            return self.read_commit(digest)
+        except NotFoundError:
+            return Finding("missing_parent" if specimen_id is None else "missing_commit",
+                           f"{what} is missing from objects/; {advice}", specimen=sid,
+                           digest=digest, file=rel)
+        except ChecksumMismatch as exc:
+            return Finding("corrupt_object", f"{what} was altered (its bytes hash to {exc.got}); "
+                           f"{advice}", specimen=sid, digest=digest, file=rel)
+        except InvalidInputError as exc:
+            return Finding("bad_commit", f"{what} cannot be decoded ({exc}); {advice}",
+                           specimen=sid, digest=digest, file=rel)
+
+    def _bad_ref_finding(self, name: str) -> Finding:
+        return Finding("bad_ref", f"ref {name} does not hold a commit digest (was it edited?); "
+                       "run `vault verify`: the journal records what it held", specimen=name,
+                       file=f"refs/{name}")
+
+    def _missing_ref_finding(self, entry: JournalEntry) -> Finding:
+        """The deleted ref of a journaled specimen, with the repair docs/integrity.md gives."""
+        sid, d = entry.specimen_id, entry.commit
+        ref = shlex.quote(str(self.refs.refs_dir / sid))
+        return Finding(
+            "missing_ref", f"refs/{sid} is missing, but journal line {entry.seq + 1} records "
+            f"{sid} as sealed with commit {d}: the ref was deleted. Do not commit {sid} again "
+            f"(that would replace the sealed commit). Restore the ref: printf '%s\\n' {d} > "
+            f"{ref} && chmod 0444 {ref}; then run `vault verify {sid}`",
+            specimen=sid, digest=d, file=f"refs/{sid}")
+
+    def specimen(self, specimen_id: str) -> CommittedSpecimen:
+        """Return a read-only view of a committed specimen's files."""
+        return CommittedSpecimen(self, specimen_id, self.get(specimen_id))
+
+    def checkout(self, specimen_id: str, dest: str | os.PathLike[str]) -> Path:
+        """Materialise a committed specimen's files into ``dest``, verifying every byte.
+
+        Args:
+            specimen_id: the specimen.
+            dest: a directory that does not exist yet, or is empty.
+
+        Returns:
+            The destination directory.
+
+        Raises:
+            NotFoundError: if the specimen or an object is missing.
+            AlreadyExistsError: if ``dest`` exists and is not empty.
+            ChecksumMismatch: if an object was altered (nothing is left at ``dest`` then).
+        """
+        commit = self.get(specimen_id)
+        dest = Path(dest).resolve()
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise AlreadyExistsError(f"{dest} exists and is not an empty directory; choose a new path")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+        tmp.mkdir()
+        try:
+            for rel, entry in commit.tree.items():
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._copy_verified(entry.digest, target)
+            # Every name in the copied tree is durable before the tree gets its final name.
+            fsync_many(Path(d) for d, _, _ in os.walk(tmp))
+            if dest.exists():
+                dest.rmdir()
+            os.rename(tmp, dest)
+            fsync_dir(dest.parent)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return dest
+
+    def _copy_verified(self, digest: Digest, target: Path) -> None:
+        h = Hasher()
+        with self.objects.open(digest) as src, open(target, "wb") as out:
+            while block := src.read(1 << 20):
+                h.update(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        if h.hexdigest() != digest:
+            raise ChecksumMismatch(digest, h.hexdigest(), f"object for {target.name}")
+
+    # -- tensors (content-addressed Zarr) ---------------------------------------------------
+
+    def tensor(self, specimen_id: str, name: str, *, verify: bool = True) -> Any:
+        """Open tensor ``name`` of a committed specimen as a lazy, read-only ``zarr.Array``.
+
+        Slicing reads only the chunk objects the slice touches, each verified against its
+        digest (unless ``verify=False``).
+
+        Raises:
+            NotFoundError: if the specimen is not committed or has no such tensor.
+            IntegrityError: on reading a chunk whose object is missing or altered.
+        """
+        return self.specimen(specimen_id).tensor(name, verify=verify)

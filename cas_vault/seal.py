@@ -1,0 +1,325 @@
+"""The seal pipeline: a working directory becomes an immutable commit.
+
+Read top to bottom, a commit:
+
+1. takes the working directory's lock exclusively (:func:`cas_vault.workdir.sealing`), so no
+   writer that uses cas-vault's API is half-way through a file;
+2. runs the ``prepare`` hooks (features that add to the manifest before sealing, such as the
+   step logger assembling a crashed run's logs);
+3. copies every working file into ``objects/`` while hashing it (or reuses the object made when
+   the file was written, if the file is unchanged), and takes tensor chunks from the working
+   index, where they are objects already;
+4. makes the objects durable, then the commit object, then creates the ref (and its journal
+   line) under the gc lock, so gc never prunes an object a commit is about to reference;
+5. removes working hard links to sealed objects left by older versions;
+6. runs the ``sealed`` hooks (the catalog), or counts the commit for the ``batch_done`` hooks
+   when inside :func:`batch`. Derived data never fails or undoes a commit.
+
+The core names no feature: features register hooks (:mod:`cas_vault.hooks`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import canonical, hooks
+from .atomic import FileLock
+from .commit import Commit, Manifest, TreeEntry, kind_of, utc_now
+from .digest import Digest
+from .errors import IntegrityError, InvalidInputError, NotFoundError
+from .ids import validate_id
+from .objects import ObjectStore
+from .tensors import index_conflict
+from .workdir import (
+    COMMIT_LOCK_TIMEOUT,
+    WorkingCopies,
+    WorkingIndex,
+    file_identity,
+    iter_files,
+    manifest_from_working,
+    read_manifest,
+    sealing,
+)
+
+if TYPE_CHECKING:
+    from .repository import Repository
+
+__all__ = ["AUTHOR_ENV", "BatchState", "after_commit", "batch", "commit"]
+
+#: Environment variable naming the author of commits (default: the login name).
+AUTHOR_ENV = "CAS_VAULT_AUTHOR"
+
+R = TypeVar("R", bound="Repository")
+
+
+@dataclass
+class BatchState:
+    """Commits made inside :func:`batch` blocks of one repository object.
+
+    Attributes:
+        depth: how many ``batch`` blocks are open (they nest).
+        commits: commits sealed since the outermost block opened.
+    """
+
+    depth: int = 0
+    commits: int = 0
+
+
+def commit(
+    repo: Repository,
+    specimen_id: str,
+    *,
+    message: str = "",
+    parents: Sequence[str] = (),
+    author: str | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+    partial: bool = False,
+    lock_timeout: float = COMMIT_LOCK_TIMEOUT,
+) -> Commit:
+    """Seal ``specimens/<id>/`` as an immutable commit and create its ref.
+
+    Working files are copied into ``objects/`` (hashed from the same open file as they are
+    copied, so the sealed bytes are exactly the hashed ones, and later writes to a working
+    file never reach them); tensor chunks listed in the working index are objects already.
+    Objects are durable before the commit object, the commit before the ref, the ref
+    before its journal line. The working directory's lock is held throughout, so writers
+    using cas-vault's API are never sealed half-way.
+
+    Args:
+        repo: the repository to seal into.
+        specimen_id: the working directory to seal.
+        message: the commit message.
+        parents: extra parents (specimen ids or commit digests) beyond the manifest's.
+        author: defaults to ``$CAS_VAULT_AUTHOR`` or the login name.
+        extra_metadata: merged into the manifest's metadata (e.g. provenance).
+        partial: seal a specimen whose run crashed: assemble its unfinished step-wise
+            logs into ``strata/`` and set ``metadata.partial = true``. Without it, a
+            specimen with an unfinished log is refused (docs/runs.md).
+        lock_timeout: seconds to wait for writers of the working directory to finish.
+
+    Returns:
+        The commit (``commit.digest`` is its id).
+
+    Raises:
+        ImmutableError: if the specimen is committed already (names the commit).
+        NotFoundError: if the working directory, manifest or a parent is missing.
+        InvalidInputError: for a corrupt manifest, bad taxonomy, symlinks, bad message.
+        FileChangedError: a working file changed while it was copied (nothing sealed).
+        LockTimeoutError: a writer kept the working directory for too long.
+    """
+    validate_id(specimen_id)
+    advice = (f"committed specimens never change: create a new one with "
+              f"`vault new NEW_ID --parent {specimen_id}`")
+    repo.check_uncommitted(specimen_id, advice)
+    if not isinstance(message, str):
+        raise InvalidInputError("commit message must be a string")
+    wd = repo.specimen_dir(specimen_id)
+    if not wd.is_dir():
+        raise NotFoundError(
+            f"specimen {specimen_id} has no working directory at {wd}; "
+            f"create it with `vault new {specimen_id} --domain D --method M`"
+        )
+    # Writers that play by the rules (SpecimenStorage, tensor writers, the step logger,
+    # notes) hold this lock shared while they write: none is half-way through a file now,
+    # and none starts before the ref exists (they check for it under the lock).
+    with sealing(wd, timeout=lock_timeout):
+        repo.check_uncommitted(specimen_id, advice)
+        digest, commit, shared = _seal(repo, 
+            specimen_id, wd, message=message, parents=parents, author=author,
+            extra_metadata=extra_metadata, partial=partial)
+    _unshare(wd, shared)
+    after_commit(repo, specimen_id, digest, commit)
+    return commit
+
+
+def _seal(
+    repo: Repository, specimen_id: str, wd: Path, *, message: str, parents: Sequence[str],
+    author: str | None, extra_metadata: dict[str, Any] | None, partial: bool,
+) -> tuple[Digest, Commit, list[str]]:
+    """Copy the working directory into objects, write the commit object and its ref.
+
+    The caller holds the working directory's lock exclusively.
+
+    Returns:
+        ``(commit digest, commit, working paths that were hard links to objects)``.
+    """
+    raw = read_manifest(wd)
+    manifest = manifest_from_working(raw, wd)
+    canonical.packb(manifest.to_map())  # unstorable metadata fails before any object is written
+    if not isinstance(partial, bool):
+        raise InvalidInputError(f"partial must be True or False, not {partial!r}")
+    for prepare in hooks.hooks("prepare"):  # features that act before the seal
+        extra_metadata = prepare(wd, specimen_id, partial, extra_metadata)
+    if extra_metadata:
+        merged = dict(manifest.metadata)
+        merged.update(extra_metadata)
+        canonical.packb(merged)
+        manifest = Manifest(manifest.domain, manifest.method, manifest.model, manifest.tags, merged)
+    parent_digests = repo.resolve_parents([*raw.get("parents", []), *parents])
+    files = list(iter_files(wd))
+    indexed = WorkingIndex(wd).load(strict=True)
+    files, shared = _split_working_files(wd, files, indexed, repo.objects)
+    # Writers hold the gc lock shared, so `vault gc --grace 0` never prunes objects that a
+    # commit has written but not yet referenced.
+    with FileLock(repo.gc_lock_path, shared=True):
+        # One batch for the files and the commit object: every working file is copied to a
+        # temp file while it is hashed, then all are made durable in two concurrent fsync
+        # rounds (bytes, then names), before the ref can point at them. Files the working
+        # index lists (tensor chunks) are objects already, made durable when written.
+        batch = repo.objects.batch()
+        try:
+            tree: dict[str, TreeEntry] = {}
+            copies = WorkingCopies(wd).load()
+            for rel in files:
+                stored = _stored_copy(repo, wd, rel, copies)
+                if stored is not None:
+                    batch.add_stored(stored[0])
+                    tree[rel] = TreeEntry(stored[0], stored[1], kind_of(rel))
+                    continue
+                digest, size = batch.add_file(wd / rel)
+                tree[rel] = TreeEntry(digest, size, kind_of(rel))
+            for rel, digest in indexed.items():
+                tree[rel] = TreeEntry(digest, _indexed_size(repo, specimen_id, rel, digest),
+                                      kind_of(rel))
+            tree = dict(sorted(tree.items()))
+            commit = Commit(
+                specimen_id=specimen_id, created=utc_now(),
+                author=author or os.environ.get(AUTHOR_ENV) or _login_name(),
+                message=message, manifest=manifest, parents=tuple(parent_digests), tree=tree,
+            )
+            digest = batch.add_bytes(commit.to_bytes())
+            batch.add_move(*repo.refs.intent_temp(specimen_id, digest))
+        except BaseException:
+            batch.abort()
+            raise
+        batch.publish()
+        repo.refs.create(specimen_id, digest, commit.created)
+    return digest, commit, shared
+
+
+def _stored_copy(
+    repo: Repository, wd: Path, rel: str, copies: dict[str, tuple[Digest, list[int]]],
+) -> tuple[Digest, int] | None:
+    """``(digest, size)`` of the object made when ``rel`` was written, if the file is
+    still exactly that file (same inode, size, mtime, ctime) and the object exists."""
+    got = copies.get(rel)
+    if got is None:
+        return None
+    try:
+        st = os.stat(wd / rel, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if file_identity(st) != got[1] or not repo.objects.has(got[0]):
+        return None
+    return got[0], st.st_size
+
+
+def _indexed_size(repo: Repository, specimen_id: str, rel: str, digest: Digest) -> int:
+    try:
+        return repo.objects.size(digest)
+    except NotFoundError:
+        raise IntegrityError(
+            f"{rel} of specimen {specimen_id} was written into objects/ as {digest}, which "
+            "is missing now; write that tensor again (SpecimenStorage.write_tensors), then "
+            "commit"
+        ) from None
+
+
+def after_commit(repo: Repository, specimen_id: str, digest: Digest, commit: Commit) -> None:
+    """Run the ``sealed`` hooks (the catalog) after a ref exists; never raises."""
+    if repo.batching.depth:
+        repo.batching.commits += 1  # indexed once when the batch ends
+        return
+    for sealed in hooks.hooks("sealed"):
+        try:
+            sealed(repo, specimen_id, digest, commit)
+        except Exception:  # the commit stands: derived data never undoes or fails it
+            pass
+
+
+@contextmanager
+
+
+def batch(repo: R) -> Iterator[R]:
+    """Commit many specimens with one catalog update at the end instead of one per commit.
+
+    For bulk loads (imports, sweeps): each commit is sealed exactly as usual (objects, commit,
+    ref, journal) and only the derived catalog waits; when the outermost block exits, normally
+    or not, the catalog indexes every commit made in it in one incremental update. If that
+    update fails, the catalog is marked stale, as after a commit.
+
+    Example::
+
+        with vault.batch():
+            for run in runs:
+                vault.commit(run.id)
+    """
+    repo.batching.depth += 1
+    try:
+        yield repo
+    finally:
+        repo.batching.depth -= 1
+        if repo.batching.depth == 0 and repo.batching.commits:
+            repo.batching.commits = 0
+            for done in hooks.hooks("batch_done"):
+                try:
+                    done(repo)
+                except Exception:  # derived data never fails the commits it describes
+                    pass
+
+
+def _split_working_files(
+    wd: Path, files: list[str], indexed: dict[str, Digest], objects: ObjectStore,
+) -> tuple[list[str], list[str]]:
+    """Sort working files into those to copy and those the working index already stores.
+
+    Vaults written before working files and objects stopped sharing inodes hold tensor files
+    that are hard links to their objects; those are sealed from the index, and the caller
+    removes the links once the ref exists, so no working path leads to a sealed inode.
+
+    Returns:
+        ``(files to copy, working files that are hard links to their indexed objects)``.
+
+    Raises:
+        InvalidInputError: if a file that the working index stores exists as a separate file
+            in the working directory as well (written by other means: which one to seal?).
+    """
+    prefixes = {p[: p.index(".zarr/") + 5] for p in indexed if ".zarr/" in p}
+    copy, shared = [], []
+    for rel in files:
+        digest = indexed.get(rel)
+        if digest is not None:
+            try:
+                st = os.stat(wd / rel)
+            except FileNotFoundError:
+                st = None
+            if st is not None and objects.shares_inode(digest, st):
+                shared.append(rel)
+                continue
+        under = next((p for p in prefixes if rel == p or rel.startswith(p + "/")), None)
+        if digest is not None or under is not None:
+            raise InvalidInputError(index_conflict(wd, under or rel))
+        copy.append(rel)
+    return copy, shared
+
+
+def _unshare(wd: Path, paths: list[str]) -> None:
+    """Remove working hard links to sealed objects (their bytes are read through the index)."""
+    for rel in paths:
+        try:
+            os.unlink(wd / rel)
+        except FileNotFoundError:
+            pass
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
