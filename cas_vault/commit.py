@@ -143,6 +143,23 @@ class Manifest:
         # here, before anything is stored, what would make the commit too deep to encode.
         canonical.check_nesting(self.metadata, "manifest metadata", METADATA_MAX_DEPTH)
 
+    @property
+    def run(self) -> tuple[str, str] | None:
+        """``(specimen id, run id)`` if this commit seals a run of a specimen, else None.
+
+        Read from ``metadata.run`` (docs/format.md, "Runs"); runs that ``import-legacy`` brought
+        in before that key existed say it in ``metadata.legacy`` (``layout: "run"``).
+        """
+        run = self.metadata.get("run")
+        if isinstance(run, Mapping):
+            sid, rid = run.get("specimen_id"), run.get("run_id")
+        else:
+            legacy = self.metadata.get("legacy")
+            if not isinstance(legacy, Mapping) or legacy.get("layout") != "run":
+                return None
+            sid, rid = legacy.get("specimen_id"), legacy.get("run")
+        return (sid, rid) if isinstance(sid, str) and isinstance(rid, str) else None
+
     def to_map(self) -> dict[str, Any]:
         """Return the canonical map form."""
         return {

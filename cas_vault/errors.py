@@ -7,8 +7,10 @@ a caller would do about them, and each category maps to one CLI exit code::
     +-- InvalidInputError           bad id, bad manifest, bad data   (also ValueError)
     |   +-- InvalidIdError          a specimen id that is not allowed
     |   +-- TaxonomyError           a domain/method pair outside the taxonomy
-    +-- NotFoundError               no such vault, specimen, object  (also KeyError)
-    +-- AlreadyExistsError          a ref or specimen that exists already
+    +-- NotFoundError               no such vault, specimen, object, result
+    |                               (also FileNotFoundError and KeyError)
+    +-- AlreadyExistsError          a ref, specimen or result that exists already
+    |   |                           (also RuntimeError: a refused write)
     |   +-- ImmutableError          an attempt to change something committed
     +-- IntegrityError              bytes that do not match their digest (exit 1)
     |   +-- ChecksumMismatch        expected vs. actual digest, kept as attributes
@@ -18,6 +20,9 @@ a caller would do about them, and each category maps to one CLI exit code::
     +-- RunFailedError              a protocol exited non-zero; nothing committed (exit 3)
     +-- QueryTimeoutError           a query ran longer than its timeout; cancelled (exit 124)
     +-- QueryInterruptedError       Ctrl-C cancelled `vault query` (exit 130)
+
+The builtin bases let code written against the original's storage API catch what it always
+caught: ``FileNotFoundError`` for anything missing, ``RuntimeError`` for a refused write.
 
 Messages say what was wrong and what to do about it; the CLI prints them as they are.
 """
@@ -65,15 +70,24 @@ class TaxonomyError(InvalidInputError):
     """A domain/method pair that the taxonomy does not allow."""
 
 
-class NotFoundError(VaultError, KeyError):
-    """A vault, specimen, commit or object that does not exist."""
+class NotFoundError(VaultError, FileNotFoundError, KeyError):
+    """A vault, specimen, commit, object or result that does not exist.
 
-    def __str__(self) -> str:  # KeyError would repr() the message; keep it readable.
+    A ``FileNotFoundError`` too: the original's protocols catch that for a missing result. Its
+    ``errno`` and ``filename`` are None: it names a missing thing, not a failed system call.
+    """
+
+    def __str__(self) -> str:
+        # KeyError would repr() the message, and OSError would format several args as
+        # "[Errno x] y"; print the message as it was written.
         return str(self.args[0]) if self.args else ""
 
 
-class AlreadyExistsError(VaultError):
-    """Something that may be created only once exists already."""
+class AlreadyExistsError(VaultError, RuntimeError):
+    """Something that may be created only once exists already.
+
+    A ``RuntimeError`` too: the original's protocols catch that for a refused write.
+    """
 
 
 class ImmutableError(AlreadyExistsError):

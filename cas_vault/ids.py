@@ -6,10 +6,12 @@ import re
 
 from .errors import InvalidIdError
 
-__all__ = ["MAX_ID_LENGTH", "validate_id"]
+__all__ = ["MAX_ID_LENGTH", "RUN_INFIX", "run_specimen_id", "validate_id"]
 
 MAX_ID_LENGTH = 128
 _ID_RE = re.compile(r"\A[A-Za-z0-9_.-]+\Z")
+#: A sealed run ``R`` of specimen ``X`` is the specimen ``X.run_R`` (docs/format.md, "Runs").
+RUN_INFIX = ".run_"
 
 
 def validate_id(specimen_id: object) -> str:
@@ -48,3 +50,15 @@ def validate_id(specimen_id: object) -> str:
             f"specimen id {shown!r} may not contain '..' or start with '.' or '-'; {hint}"
         )
     return specimen_id
+
+
+def run_specimen_id(specimen_id: str, run_id: str) -> str:
+    """The id under which run ``run_id`` of ``specimen_id`` is sealed: ``<id>.run_<run_id>``.
+
+    Commits of runs made in the vault and runs brought in by ``vault import-legacy`` use this
+    one mapping.
+
+    Raises:
+        InvalidIdError: if the result is not a valid id (e.g. longer than the limit).
+    """
+    return validate_id(f"{specimen_id}{RUN_INFIX}{run_id}")

@@ -5,13 +5,21 @@ The seed kept ``specimens/<id>/`` with ``manifest.msgpack``, ``protocol.py``,
 with ``metrics.parquet``, ``*.zarr`` and its own ``manifest.msgpack``). Every run is kept:
 
 * ``specimens/<id>/`` (everything but ``runs/``) becomes the specimen ``<id>``;
-* each ``runs/<run>/`` becomes the specimen ``<id>.run_<run>`` whose parent is ``<id>``,
-  holding the run's files under ``strata/`` plus the shared ``protocol.py`` and
-  ``field_notes.md`` (deduplicated, so they cost nothing).
+* each ``runs/<run>/`` becomes the specimen ``<id>.run_<run>`` whose parent is the run before
+  it (oldest first; the first run's parent is ``<id>``), holding the run's files under
+  ``strata/`` plus the shared ``protocol.py`` and ``field_notes.md`` (deduplicated, so they
+  cost nothing), and naming its run in ``metadata.run``.
+
+This is the mapping a vault gives runs made in it (:func:`cas_vault.seal.commit`), so an
+imported specimen reads like one whose protocol ran in the vault: ``vault show <id>`` shows its
+newest run, and ``runs`` and ``exp_<id>`` in the catalog list and join all of them. A specimen
+with runs but no manifest of its own is imported with its domain and method taken from its
+newest run manifest that has them, else from a method name in its id; the report says which.
 
 Seed manifest fields map to the manifest: ``domain`` and ``method`` (top level or under
 ``taxonomy``), ``tags`` (a list or comma-separated string), ``model``. Everything else, and
-``created``, is kept under ``metadata.legacy`` (docs/format.md). A run's manifest overrides
+``created``, is kept under ``metadata.legacy`` (docs/format.md); the catalog's ``created`` is
+that date (a run's own, else its id's timestamp), not the import's. A run's manifest overrides
 its specimen's fields. Importing goes through :meth:`Repository.new` and :meth:`Repository.commit`.
 
 Problems (no or corrupt manifest, a domain/method outside the taxonomy, an id that is not
@@ -36,18 +44,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import canonical
+from . import canonical, taxonomy
 from .commit import METADATA_MAX_DEPTH
 from .errors import InvalidInputError, NotFoundError, VaultError
-from .ids import validate_id
+from .ids import run_specimen_id, validate_id
+from .storage import run_sort_key
 from .workdir import MANIFEST_NAME, read_manifest
 
 if TYPE_CHECKING:
     from .repository import Repository
 
 __all__ = [
-    "ImportProblem", "ImportReport", "ImportedSpecimen", "MAX_DIR_DEPTH", "RefusedPath",
-    "import_legacy", "run_specimen_id",
+    "ImportProblem", "ImportReport", "ImportedSpecimen", "InferredFields", "MAX_DIR_DEPTH",
+    "RefusedPath", "import_legacy", "run_specimen_id",
 ]
 
 _MAPPED = {"domain", "method", "tags", "model", "taxonomy", "specimen_id", "created"}
@@ -91,6 +100,28 @@ class ImportProblem:
 
 
 @dataclass(frozen=True)
+class InferredFields:
+    """The domain and method of a specimen that had no manifest, and where they came from.
+
+    Attributes:
+        specimen_id: the specimen.
+        domain: the domain it was imported with.
+        method: the method it was imported with.
+        source: what they were taken from (a run manifest's path, or ``"the specimen id"``).
+    """
+
+    specimen_id: str
+    domain: str
+    method: str
+    source: str
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON form."""
+        return {"specimen_id": self.specimen_id, "domain": self.domain, "method": self.method,
+                "source": self.source}
+
+
+@dataclass(frozen=True)
 class RefusedPath:
     """A symbolic link or special file found in a legacy specimen, which kept it out.
 
@@ -121,6 +152,8 @@ class ImportReport:
         problems: one entry per specimen, run or directory that was not (fully) imported.
         refused: every symbolic link or special file that kept a specimen out (each one also
             has its specimen's entry in ``problems``).
+        inferred: specimens imported without a manifest of their own, with the domain and
+            method inferred for them.
     """
 
     source: str
@@ -128,6 +161,7 @@ class ImportReport:
     already: list[str] = field(default_factory=list)
     problems: list[ImportProblem] = field(default_factory=list)
     refused: list[RefusedPath] = field(default_factory=list)
+    inferred: list[InferredFields] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -142,12 +176,8 @@ class ImportReport:
             "already_imported": list(self.already),
             "problems": [p.to_dict() for p in self.problems],
             "refused": [r.to_dict() for r in self.refused],
+            "inferred": [i.to_dict() for i in self.inferred],
         }
-
-
-def run_specimen_id(specimen_id: str, run: str) -> str:
-    """The id a legacy run gets: ``<id>.run_<run>``."""
-    return f"{specimen_id}.run_{run}"
 
 
 def _plain(value: Any) -> Any:
@@ -348,8 +378,6 @@ def _override(f: dict[str, Any], raw: dict[str, Any], where: Path) -> None:
     Raises:
         InvalidInputError / TaxonomyError: malformed fields or a pair outside the taxonomy.
     """
-    from . import taxonomy
-
     tax = raw.get("taxonomy") if isinstance(raw.get("taxonomy"), dict) else {}
     for key in ("domain", "method"):
         value = raw.get(key, tax.get(key))
@@ -478,11 +506,15 @@ class _Importer:
         return "new"
 
     def _create(self, specimen_id: str, src: Path, f: dict[str, Any], legacy: dict[str, Any],
-                parents: list[str], entries: list[_Entry], message: str) -> None:
+                parents: list[str], entries: list[_Entry], message: str,
+                run: dict[str, str] | None = None) -> None:
         v = self.vault
         canonical.packb(legacy)
+        metadata: dict[str, Any] = {"legacy": legacy}
+        if run is not None:
+            metadata["run"] = run
         wd = v.new(specimen_id, domain=f["domain"], method=f["method"], tags=f["tags"],
-                   model=f["model"], parents=parents, metadata={"legacy": legacy})
+                   model=f["model"], parents=parents, metadata=metadata)
         try:
             for name in _SCAFFOLD:  # the legacy files replace the templates, or none is kept
                 (wd / name).unlink()
@@ -539,16 +571,22 @@ class _Importer:
             os.close(src_fd)
 
     def _import_specimen(self, sid: str, src: Path, src_fd: int) -> None:
+        inferred: InferredFields | None = None
         try:
-            raw = self._manifest(src_fd, src)
+            try:
+                raw = self._manifest(src_fd, src)
+            except NotFoundError:
+                inferred = self._infer(sid, src, src_fd)
+                if inferred is None:
+                    raise
+                raw = {"domain": inferred.domain, "method": inferred.method}
             f = _fields(raw, src / MANIFEST_NAME)
-            from . import taxonomy
-
             taxonomy.check(f["domain"], f["method"])
         except NotFoundError:
-            self.problem(src, f"not imported: no {MANIFEST_NAME}, so its domain and method are "
-                              f"unknown; add {src / MANIFEST_NAME} (a msgpack map with at least "
-                              "'domain' and 'method') and import again")
+            self.problem(src, f"not imported: no {MANIFEST_NAME}, and neither its runs' manifests "
+                              "nor its id name a domain and method; add "
+                              f"{src / MANIFEST_NAME} (a msgpack map with at least 'domain' and "
+                              "'method') and import again")
             return
         except (VaultError, OSError) as exc:
             self.problem(src, f"not imported: {exc}")
@@ -560,6 +598,9 @@ class _Importer:
         if base_state == "new":
             legacy = {"source": str(src), "layout": "specimen", "specimen_id": f["specimen_id"],
                       "created": f["created"], "fields": f["fields"]}
+            if inferred is not None:
+                legacy["inferred"] = {"domain": inferred.domain, "method": inferred.method,
+                                      "from": inferred.source}
             try:
                 entries: list[_Entry] = [
                     (src_fd, n, src, n) for n in sorted(os.listdir(src_fd))
@@ -574,6 +615,8 @@ class _Importer:
             except (VaultError, OSError) as exc:
                 self.problem(src, f"not imported: {exc}")
                 return
+            if inferred is not None:
+                self.report.inferred.append(inferred)
         if runs is None:
             return
         if not stat.S_ISDIR(runs.st_mode):
@@ -592,12 +635,15 @@ class _Importer:
             except OSError as exc:
                 self.problem(src / "runs", f"runs not imported: {exc.strerror}")
                 return
-            for name in names:
+            previous = sid  # each run's parent is the run before it, as sealed in a vault
+            for name in sorted(names, key=run_sort_key):
                 st = _lstat(runs_fd, name)
                 if st is None:
                     continue
                 if stat.S_ISDIR(st.st_mode):
-                    self.import_run(sid, src, src_fd, f, src / "runs" / name, runs_fd)
+                    if self.import_run(sid, src, src_fd, f, src / "runs" / name, runs_fd,
+                                       previous):
+                        previous = run_specimen_id(sid, name)
                 elif stat.S_ISLNK(st.st_mode):
                     self.refuse(run_specimen_id(sid, name),
                                 [(src / "runs" / name, _why(runs_fd, name, st.st_mode))],
@@ -606,28 +652,71 @@ class _Importer:
             os.close(runs_fd)
 
     def import_run(self, sid: str, src: Path, src_fd: int, base: dict[str, Any], run: Path,
-                   runs_fd: int) -> None:
+                   runs_fd: int, previous: str) -> bool:
+        """Import one run with ``previous`` as its parent.
+
+        Returns:
+            Whether the run is in the vault now (imported now or before).
+        """
         try:
-            rid = validate_id(run_specimen_id(sid, run.name))
+            rid = run_specimen_id(sid, run.name)
         except VaultError as exc:
             self.problem(run, f"run not imported: {exc}")
-            return
-        if self._state(rid, run) != "new":
-            return
+            return False
+        state = self._state(rid, run)
+        if state != "new":
+            return state == "done"
         try:
             run_fd = os.open(run.name, _DIR_FLAGS, dir_fd=runs_fd)
         except OSError as exc:
             self.problem(run, f"run not imported: {exc.strerror}")
-            return
+            return False
         try:
-            self._import_run(sid, rid, src, src_fd, base, run, run_fd)
+            return self._import_run(sid, rid, src, src_fd, base, run, run_fd, previous)
         except (VaultError, OSError) as exc:
             self.problem(run, f"run not imported: {exc}")
+            return False
         finally:
             os.close(run_fd)
 
+    def _infer(self, sid: str, src: Path, src_fd: int) -> InferredFields | None:
+        """Domain and method for a specimen without a manifest: from its newest run manifest
+        that names a valid pair, else from the one method of the taxonomy its id names."""
+        try:
+            runs_fd = os.open("runs", _DIR_FLAGS, dir_fd=src_fd)
+        except OSError:
+            return None
+        try:
+            for name in sorted(os.listdir(runs_fd), key=run_sort_key, reverse=True):
+                try:
+                    run_fd = os.open(name, _DIR_FLAGS, dir_fd=runs_fd)
+                except OSError:
+                    continue
+                try:
+                    if _lstat(run_fd, MANIFEST_NAME) is None:
+                        continue
+                    path = src / "runs" / name / MANIFEST_NAME
+                    raw = _decode_legacy_manifest(_read_file(run_fd, MANIFEST_NAME, path), path)
+                    f = _fields(raw, path)
+                    taxonomy.check(f["domain"], f["method"])
+                except (VaultError, OSError):
+                    continue
+                finally:
+                    os.close(run_fd)
+                return InferredFields(sid, f["domain"], f["method"], str(path))
+        except OSError:
+            return None
+        finally:
+            os.close(runs_fd)
+        words = set(sid.lower().replace("-", "_").split("_"))
+        named = [(d, m) for d, methods in taxonomy.TAXONOMY.items() for m in methods
+                 if set(m.split("_")) <= words]
+        if len(named) == 1:
+            return InferredFields(sid, named[0][0], named[0][1], "the specimen id")
+        return None
+
     def _import_run(self, sid: str, rid: str, src: Path, src_fd: int, base: dict[str, Any],
-                    run: Path, run_fd: int) -> None:
+                    run: Path, run_fd: int, previous: str) -> bool:
         entries: list[_Entry] = []
         for n in _SCAFFOLD:  # the specimen's, shared by its runs; a link is refused below
             st = _lstat(src_fd, n)
@@ -638,8 +727,9 @@ class _Importer:
         refused = self.scan(entries)
         if refused:
             self.refuse(rid, refused, run, "run not imported")
-            return
+            return False
         f = dict(base)
+        f["created"] = None  # a run's date is its own (or its id's), never its specimen's
         run_fields: dict[str, Any] = {}
         if _lstat(run_fd, MANIFEST_NAME) is not None:
             mpath = run / MANIFEST_NAME
@@ -652,12 +742,14 @@ class _Importer:
                 _override(f, raw, mpath)
             except VaultError as exc:
                 self.problem(run, f"run not imported: {exc}")
-                return
+                return False
             run_fields = {k: v for k, v in raw.items() if k not in _MAPPED}
         legacy = {"source": str(run), "layout": "run", "run": run.name,
                   "specimen_id": sid, "created": f.get("created"),
                   "fields": {**base["fields"], **run_fields}}
-        self._create(rid, run, f, legacy, [sid], entries, f"import-legacy {run}")
+        self._create(rid, run, f, legacy, [previous], entries, f"import-legacy {run}",
+                     run={"specimen_id": sid, "run_id": run.name})
+        return True
 
 
 def import_legacy(vault: Repository, path: str | os.PathLike[str]) -> ImportReport:

@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from .catalog import IndexResult, connect_read_only, index, release_writer, stale_reason
 from .errors import InvalidInputError, LockTimeoutError, NotFoundError, QueryTimeoutError, VaultError
+from .ids import run_specimen_id, validate_id
 from .repository import Repository
+from .storage import run_sort_key
 
 if TYPE_CHECKING:
     import duckdb
@@ -137,6 +139,38 @@ class VaultQuery:
             "SELECT * FROM catalog WHERE list_contains(tags, ?) ORDER BY created DESC, seq DESC", [tag]
         )
 
+    def runs(self, specimen_id: str) -> pl.DataFrame:
+        """The sealed runs of a specimen, newest first (what the original's ``list_runs`` and
+        ``view_results.py`` list): the ``runs`` view's rows, one per run.
+
+        Raises:
+            InvalidIdError: for a malformed id.
+        """
+        import polars as pl
+
+        validate_id(specimen_id)
+        df = self.search("SELECT * FROM runs WHERE specimen_id = ?", [specimen_id])
+        order = sorted(range(df.height), key=lambda i: run_sort_key(df["run_id"][i]), reverse=True)
+        return df[order] if order else df.clear()
+
+    def run_metrics(self, specimen_id: str, run_id: str | None = None) -> pl.DataFrame:
+        """One sealed run's metrics: the newest run's by default (the original's
+        ``read_metrics``); ``SELECT * FROM "exp_<id>"`` gives all runs' at once.
+
+        Raises:
+            NotFoundError: if the specimen has no sealed run (of that id); the message lists
+                the runs it has.
+        """
+        runs = self.runs(specimen_id)["run_id"].to_list()
+        if not runs or (run_id is not None and run_id not in runs):
+            have = ", ".join(runs[:10]) if runs else "none"
+            what = f"run {run_id!r}" if run_id is not None else "runs"
+            raise NotFoundError(f"specimen {specimen_id} has no sealed {what} (its sealed runs, "
+                                f"newest first: {have}); runs are sealed by `vault commit "
+                                f"{specimen_id}`")
+        sid = run_specimen_id(specimen_id, run_id or runs[0]).replace('"', '""')
+        return self.search(f'SELECT * FROM "exp_{sid}"')
+
     def refresh(self) -> IndexResult:
         """Bring the catalog up to date now (what ``vault index`` does).
 
@@ -210,17 +244,36 @@ class VaultQuery:
         for sid, path, digest in rows:
             if path.count("/") == 1:
                 files.setdefault(sid, {})[path] = digest
-        made: set[str] = set()
+        views: dict[str, list[str]] = {}
         for sid, by_path in files.items():
             digest = by_path.get("strata/metrics.parquet")
             if digest is None and len(by_path) == 1:
                 digest = next(iter(by_path.values()))
-            if digest is None or sid.lower() in made:  # DuckDB names are case-insensitive
+            if digest is not None:
+                views[sid] = [digest]
+        # A specimen with runs and no metrics of its own: all its runs' metrics, newest first
+        # (the original's read_all_runs; each run's rows carry its run_id).
+        runs = conn.execute(
+            "SELECT c.run_of, c.run_id, o.digest FROM catalog c JOIN objects o USING (specimen_id) "
+            "WHERE c.run_of IN (SELECT unnest(?::VARCHAR[])) AND o.path = 'strata/metrics.parquet'",
+            [sorted(candidates - set(views))],
+        ).fetchall()
+        by_run: dict[str, list[tuple[str, str]]] = {}
+        for sid, run_id, digest in runs:
+            by_run.setdefault(sid, []).append((run_id, digest))
+        for sid, found in by_run.items():
+            found.sort(key=lambda r: run_sort_key(r[0]), reverse=True)
+            views[sid] = [digest for _, digest in found]
+        made: set[str] = set()
+        for sid, digests in sorted(views.items()):
+            if sid.lower() in made:  # DuckDB names are case-insensitive
                 continue
             made.add(sid.lower())
-            location = str(self.vault.objects.path(digest)).replace("'", "''")
+            locations = ", ".join(
+                "'" + str(self.vault.objects.path(d)).replace("'", "''") + "'" for d in digests)
             name = '"exp_' + sid.replace('"', '""') + '"'
-            conn.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet('{location}')")
+            conn.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM "
+                         f"read_parquet([{locations}], union_by_name = true)")
 
 
 def render(df: pl.DataFrame, fmt: str) -> str:

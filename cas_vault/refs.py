@@ -58,6 +58,16 @@ class RefStore:
         self.pending_dir = lock.parent / "pending"
         self.tip_path = journal.with_name(TIP_NAME)
 
+    @classmethod
+    def of_vault(cls, vault_root: Path) -> RefStore:
+        """The refs and journal of the vault at ``vault_root`` (the layout of docs/format.md).
+
+        For code below the repository (working-directory writers), which needs to read a ref,
+        not a whole :class:`~cas_vault.repository.Repository`.
+        """
+        return cls(vault_root / "refs", vault_root / "journal",
+                   vault_root / "locks" / "refs.lock", vault_root / "tmp")
+
     # -- reading -----------------------------------------------------------------------------
     def get(self, specimen_id: str) -> Digest | None:
         """Return the commit digest of ``specimen_id``, or None if it has no ref."""
@@ -81,17 +91,25 @@ class RefStore:
         except FileNotFoundError:
             return None
 
-    def names(self) -> list[str]:
-        """Return the ids of every ref file, sorted (including malformed names, for verify)."""
+    def names(self, prefix: str = "") -> list[str]:
+        """Return the ids of every ref file, sorted (including malformed names, for verify).
+
+        Args:
+            prefix: only names that start with it.
+        """
         if not self.refs_dir.is_dir():
             return []
         return sorted(e.name for e in os.scandir(self.refs_dir)
-                      if e.is_file() and not e.name.startswith("."))
+                      if e.name.startswith(prefix) and e.is_file() and not e.name.startswith("."))
 
-    def all(self) -> dict[str, Digest]:
-        """Return every well-formed ref: specimen id -> commit digest."""
+    def all(self, prefix: str = "") -> dict[str, Digest]:
+        """Return every well-formed ref: specimen id -> commit digest.
+
+        Args:
+            prefix: only ids that start with it.
+        """
         out: dict[str, Digest] = {}
-        for name in self.names():
+        for name in self.names(prefix):
             try:
                 d = self.get(name)
             except InvalidInputError:

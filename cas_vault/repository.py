@@ -26,7 +26,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -41,16 +41,17 @@ from .errors import (
     IntegrityError,
     InvalidInputError,
     NotFoundError,
+    VaultError,
 )
 from .findings import Finding
-from .ids import validate_id
+from .ids import RUN_INFIX, run_specimen_id, validate_id
 from .journal import decodable
 from .objects import ObjectStore
 from .refs import RefStore
 from .scaffold import new_specimen
 from .seal import BatchState
 from .specimen import CommittedSpecimen
-from .storage import VAULT_MARKER, SpecimenStorage
+from .storage import VAULT_MARKER, SpecimenStorage, run_sort_key
 from .workdir import COMMIT_LOCK_TIMEOUT
 
 if TYPE_CHECKING:
@@ -102,6 +103,9 @@ class ShowInfo:
         parent_ids: specimen ids of its parents (None for a parent commit with no ref).
         logical_bytes: total size of its files.
         unique_bytes: bytes of objects that no earlier commit referenced (what it added).
+        runs: ids of the sealed runs of the specimen asked for, newest first (empty for a
+            specimen without runs).
+        run: the run shown (its commit is ``commit``), or None for the specimen's own commit.
     """
 
     specimen_id: str
@@ -110,6 +114,8 @@ class ShowInfo:
     parent_ids: tuple[str | None, ...]
     logical_bytes: int
     unique_bytes: int
+    runs: tuple[str, ...] = ()
+    run: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The stable ``vault show --json`` form (documented in README)."""
@@ -122,6 +128,7 @@ class ShowInfo:
             "files": [{"path": p, "digest": e.digest, "size": e.size, "kind": e.kind}
                       for p, e in c.tree.items()],
             "logical_bytes": self.logical_bytes, "unique_bytes": self.unique_bytes,
+            "runs": list(self.runs), "run": self.run,
         }
 
 
@@ -255,8 +262,11 @@ class Repository:
         model: str | None = None,
         parents: Sequence[str] = (),
         metadata: dict[str, Any] | None = None,
+        layout: str = "strata",
     ) -> Path:
         """Scaffold ``specimens/<id>/``; see :func:`cas_vault.scaffold.new_specimen`.
+
+        ``layout="runs"`` makes a specimen whose protocol writes one run per execution.
 
         Returns:
             The new working directory.
@@ -267,7 +277,7 @@ class Repository:
             NotFoundError: if a parent is not committed.
         """
         return new_specimen(self, specimen_id, domain=domain, method=method, tags=tags,
-                            model=model, parents=parents, metadata=metadata)
+                            model=model, parents=parents, metadata=metadata, layout=layout)
 
     def storage(self, specimen_id: str) -> SpecimenStorage:
         """Return the :class:`SpecimenStorage` of a working directory (creates nothing)."""
@@ -286,11 +296,16 @@ class Repository:
     ) -> Commit:
         """Seal ``specimens/<id>/`` as an immutable commit; see :func:`cas_vault.seal.commit`.
 
+        A specimen in the runs layout is sealed once, then each new run as a commit of its own
+        (``<id>.run_<run_id>``, whose parent is the run before it).
+
         Returns:
-            The commit (``commit.digest`` is its id).
+            The last commit made (``commit.digest`` is its id): the specimen's, or its newest
+            run's.
 
         Raises:
-            ImmutableError: if the specimen is committed already (names the commit).
+            ImmutableError: if the specimen is committed already and has no new run (names
+                the commit).
             NotFoundError: if the working directory, manifest or a parent is missing.
             InvalidInputError: for a corrupt manifest, bad taxonomy, symlinks, bad message.
             FileChangedError: a working file changed while it was copied (nothing sealed).
@@ -298,7 +313,7 @@ class Repository:
         """
         return seal.commit(self, specimen_id, message=message, parents=parents, author=author,
                            extra_metadata=extra_metadata, partial=partial,
-                           lock_timeout=lock_timeout)
+                           lock_timeout=lock_timeout)[-1]
 
     @contextmanager
     def batch(self) -> Iterator[Self]:
@@ -378,6 +393,40 @@ class Repository:
         """
         return Commit.from_bytes(self.objects.get(digest, verify=True))
 
+    def runs(self, specimen_id: str) -> list[str]:
+        """Ids of the sealed runs of a specimen, newest first (the original's ``list_runs``).
+
+        A run ``R`` of specimen ``X`` is sealed as the specimen ``X.run_R`` (docs/format.md,
+        "Runs"); a specimen that merely has such an id but does not say in its metadata that it
+        is that run is not counted, nor is one whose commit cannot be read (``vault verify``
+        reports it).
+
+        Raises:
+            InvalidIdError: for a malformed id.
+        """
+        prefix = validate_id(specimen_id) + RUN_INFIX
+        found = []
+        for name, digest in self.refs.all(prefix).items():
+            run_id = name[len(prefix):]
+            try:
+                commit = self.read_commit(digest)
+            except VaultError:
+                continue
+            if commit.manifest.run == (specimen_id, run_id):
+                found.append(run_id)
+        return sorted(found, key=run_sort_key, reverse=True)
+
+    def latest(self, specimen_id: str) -> Digest:
+        """The commit of a specimen's newest sealed run, or its own commit if it has none.
+
+        Raises:
+            NotFoundError: if it is not committed.
+        """
+        runs = self.runs(specimen_id)
+        if runs:
+            return self.resolve(run_specimen_id(specimen_id, runs[0]))
+        return self.resolve(specimen_id)
+
     def get(self, specimen_id: str) -> Commit:
         """Return the commit of a committed specimen."""
         return self.read_commit(self.resolve(specimen_id))
@@ -456,14 +505,33 @@ class Repository:
         entries.sort(key=lambda e: (e.commit.created, e.seq), reverse=True)
         return entries
 
-    def show(self, specimen_id: str) -> ShowInfo:
+    def show(self, specimen_id: str, run: str | None = None) -> ShowInfo:
         """Describe a committed specimen: manifest, files, parents and byte accounting.
 
+        A specimen with sealed runs is shown by its newest run (as the original's
+        ``view_results.py`` does), and ``info.runs`` lists them all.
+
+        Args:
+            specimen_id: the specimen.
+            run: show this run of it instead of the newest.
+
         Raises:
-            NotFoundError: if it is not committed.
+            NotFoundError: if it is not committed, or has no such run (the message lists its
+                runs).
             IntegrityError: if its ref is corrupt or was deleted, or its commit cannot be read
                 (the message says what is wrong and what to do).
         """
+        self._resolve_logged(specimen_id)
+        runs = tuple(self.runs(specimen_id))
+        if run is not None and run not in runs:
+            have = ", ".join(runs[:10]) + (" ..." if len(runs) > 10 else "") if runs else "none"
+            raise NotFoundError(f"specimen {specimen_id} has no sealed run {run!r} (its runs, "
+                                f"newest first: {have})")
+        shown = run if run is not None else (runs[0] if runs else None)
+        info = self._show(run_specimen_id(specimen_id, shown) if shown else specimen_id)
+        return replace(info, runs=runs, run=shown)
+
+    def _show(self, specimen_id: str) -> ShowInfo:
         digest = self._resolve_logged(specimen_id)
         commit = self._read_logged(digest, specimen_id)
         if not isinstance(commit, Commit):

@@ -25,7 +25,8 @@ from .workdir import MANIFEST_NAME, WorkingCopies, check_tags
 if TYPE_CHECKING:
     from .repository import Repository
 
-__all__ = ["FIELD_NOTES_TEMPLATE", "PROTOCOL_TEMPLATE", "new_specimen"]
+__all__ = ["FIELD_NOTES_TEMPLATE", "LAYOUTS", "PROTOCOL_TEMPLATE", "RUNS_PROTOCOL_TEMPLATE",
+           "new_specimen"]
 
 PROTOCOL_TEMPLATE = '''"""Protocol for specimen {specimen_id}: {domain} / {method}.
 
@@ -59,6 +60,43 @@ if __name__ == "__main__":
     run_experiment()
 '''
 
+RUNS_PROTOCOL_TEMPLATE = '''"""Protocol for specimen {specimen_id}: {domain} / {method}.
+
+Every execution is a run of its own, runs/<run_id>/ (named by its start time). Run it with
+`python protocol.py` (or `vault run {specimen_id}`), then seal the new runs with
+`vault commit {specimen_id} -m "what these runs show"`; run it again later for another run.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from cas_vault import SpecimenStorage
+
+
+def run_experiment() -> None:
+    storage = SpecimenStorage(Path(__file__).parent)  # a new run
+    rng = np.random.default_rng()
+
+    # The run's manifest: what this run is -> runs/<run_id>/manifest.msgpack
+    storage.write_manifest({{"config": {{"steps": 100}}}})
+
+    # Metrics -> runs/<run_id>/metrics.parquet (with a run_id column)
+    steps = np.arange(100)
+    storage.write_metrics({{"step": steps, "loss": np.exp(-steps / 30) + 0.01 * rng.random(100)}})
+
+    # Tensors -> runs/<run_id>/<name>.zarr (chunked, read back lazily)
+    storage.write_tensors("activations", rng.standard_normal((100, 768), dtype=np.float32))
+
+
+if __name__ == "__main__":
+    run_experiment()
+'''
+
+#: ``vault new --layout``: results in ``strata/`` (the seed's first API), or one directory per
+#: run in ``runs/`` (the original's later API).
+LAYOUTS = ("strata", "runs")
+
 FIELD_NOTES_TEMPLATE = """# Field notes: {specimen_id}
 
 - domain: {domain}
@@ -83,8 +121,13 @@ def new_specimen(
     model: str | None = None,
     parents: Sequence[str] = (),
     metadata: dict[str, Any] | None = None,
+    layout: str = "strata",
 ) -> Path:
     """Scaffold ``specimens/<id>/`` with a manifest, protocol template, notes and ``strata/``.
+
+    In the runs layout the results directory is ``runs/``, the manifest says
+    ``"layout": "runs"`` (so ``SpecimenStorage`` starts a new run at every execution) and the
+    protocol template writes runs.
 
     Args:
         repo: the repository.
@@ -95,6 +138,7 @@ def new_specimen(
         model: the model studied, if any.
         parents: ids of committed specimens this one derives from.
         metadata: free-form metadata stored in the manifest.
+        layout: ``"strata"`` or ``"runs"`` (:data:`LAYOUTS`).
 
     Returns:
         The new working directory.
@@ -109,6 +153,8 @@ def new_specimen(
     tags = check_tags(tags)
     if model is not None and (not isinstance(model, str) or not model):
         raise InvalidInputError("model must be a non-empty string")
+    if layout not in LAYOUTS:
+        raise InvalidInputError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     parent_ids = [validate_id(p) for p in parents]
     for p in parent_ids:
         repo.resolve(p)
@@ -126,15 +172,18 @@ def new_specimen(
         "specimen_id": specimen_id, "domain": domain, "method": method, "model": model,
         "tags": tags, "parents": parent_ids, "created": created, "metadata": metadata,
     }
+    if layout == "runs":
+        manifest["layout"] = "runs"
     fmt = {"specimen_id": specimen_id, "domain": domain, "method": method, "created": created}
     # Build in a temp dir and rename, so a failed scaffold leaves nothing behind.
     tmp = repo.specimens_dir / f".{specimen_id}.{uuid.uuid4().hex}.tmp"
     tmp.mkdir(parents=True)
     try:
-        (tmp / "strata").mkdir()
+        (tmp / layout).mkdir()
+        template = RUNS_PROTOCOL_TEMPLATE if layout == "runs" else PROTOCOL_TEMPLATE
         scaffold = {
             MANIFEST_NAME: canonical.packb(manifest),
-            "protocol.py": PROTOCOL_TEMPLATE.format(**fmt).encode(),
+            "protocol.py": template.format(**fmt).encode(),
             "field_notes.md": FIELD_NOTES_TEMPLATE.format(**fmt).encode(),
         }
         for name, data in scaffold.items():

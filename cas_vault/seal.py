@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import getpass
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,24 +33,32 @@ from .atomic import FileLock
 from .commit import Commit, Manifest, TreeEntry, kind_of, utc_now
 from .digest import Digest
 from .errors import IntegrityError, InvalidInputError, NotFoundError
-from .ids import validate_id
+from .ids import run_specimen_id, validate_id
 from .objects import ObjectStore
+from .storage import STRATA_DIR, check_run_id, run_sort_key
 from .tensors import index_conflict
 from .workdir import (
     COMMIT_LOCK_TIMEOUT,
+    MANIFEST_NAME,
+    RUNS_DIR,
     WorkingCopies,
     WorkingIndex,
     file_identity,
     iter_files,
     manifest_from_working,
     read_manifest,
+    run_of,
     sealing,
 )
+
+#: Working files a run's commit holds besides the run's own (as ``import-legacy`` keeps them).
+RUN_SHARED_FILES = ("protocol.py", "field_notes.md", MANIFEST_NAME)
 
 if TYPE_CHECKING:
     from .repository import Repository
 
-__all__ = ["AUTHOR_ENV", "BatchState", "after_commit", "batch", "commit"]
+__all__ = ["AUTHOR_ENV", "BatchState", "RUN_SHARED_FILES", "after_commit", "batch", "commit",
+           "run_manifest"]
 
 #: Environment variable naming the author of commits (default: the login name).
 AUTHOR_ENV = "CAS_VAULT_AUTHOR"
@@ -81,8 +89,14 @@ def commit(
     extra_metadata: dict[str, Any] | None = None,
     partial: bool = False,
     lock_timeout: float = COMMIT_LOCK_TIMEOUT,
-) -> Commit:
-    """Seal ``specimens/<id>/`` as an immutable commit and create its ref.
+) -> list[Commit]:
+    """Seal ``specimens/<id>/`` as immutable commits and create their refs.
+
+    A specimen is sealed once, as ``<id>``: everything in its working directory except its
+    runs. Each run, ``runs/<run_id>/``, is sealed once, as the specimen ``<id>.run_<run_id>``
+    whose parent is the run sealed before it (or the specimen): so sealing a specimen whose
+    protocol ran again since its last commit seals only the new runs, and what was sealed
+    before never changes (docs/format.md, "Runs").
 
     Working files are copied into ``objects/`` (hashed from the same open file as they are
     copied, so the sealed bytes are exactly the hashed ones, and later writes to a working
@@ -94,57 +108,146 @@ def commit(
     Args:
         repo: the repository to seal into.
         specimen_id: the working directory to seal.
-        message: the commit message.
-        parents: extra parents (specimen ids or commit digests) beyond the manifest's.
+        message: the commit message (of each commit made).
+        parents: extra parents (specimen ids or commit digests) beyond the manifest's, of the
+            specimen's own commit.
         author: defaults to ``$CAS_VAULT_AUTHOR`` or the login name.
-        extra_metadata: merged into the manifest's metadata (e.g. provenance).
+        extra_metadata: merged into the manifest's metadata of each commit made (e.g.
+            provenance).
         partial: seal a specimen whose run crashed: assemble its unfinished step-wise
             logs into ``strata/`` and set ``metadata.partial = true``. Without it, a
             specimen with an unfinished log is refused (docs/runs.md).
         lock_timeout: seconds to wait for writers of the working directory to finish.
 
     Returns:
-        The commit (``commit.digest`` is its id).
+        The commits made, in order: the specimen's own (unless it was sealed before), then one
+        per new run, oldest first (``commit.digest`` is each one's id).
 
     Raises:
-        ImmutableError: if the specimen is committed already (names the commit).
+        ImmutableError: if the specimen is committed already and has no new run (names the
+            commit).
         NotFoundError: if the working directory, manifest or a parent is missing.
-        InvalidInputError: for a corrupt manifest, bad taxonomy, symlinks, bad message.
-        FileChangedError: a working file changed while it was copied (nothing sealed).
+        InvalidInputError: for a corrupt manifest, bad taxonomy, symlinks, bad message, or a
+            run whose id cannot be part of a specimen id (nothing is sealed then).
+        FileChangedError: a working file changed while it was copied (that commit is not
+            made; those before it stand).
         LockTimeoutError: a writer kept the working directory for too long.
     """
     validate_id(specimen_id)
     advice = (f"committed specimens never change: create a new one with "
-              f"`vault new NEW_ID --parent {specimen_id}`")
-    repo.check_uncommitted(specimen_id, advice)
+              f"`vault new NEW_ID --parent {specimen_id}`, or run its protocol again to add "
+              "a run (docs/runs.md)")
     if not isinstance(message, str):
         raise InvalidInputError("commit message must be a string")
+    if not isinstance(partial, bool):
+        raise InvalidInputError(f"partial must be True or False, not {partial!r}")
     wd = repo.specimen_dir(specimen_id)
     if not wd.is_dir():
+        repo.check_uncommitted(specimen_id, advice)
         raise NotFoundError(
             f"specimen {specimen_id} has no working directory at {wd}; "
             f"create it with `vault new {specimen_id} --domain D --method M`"
         )
+    made: list[tuple[str, Digest, Commit]] = []
+    shared: list[str] = []
     # Writers that play by the rules (SpecimenStorage, tensor writers, the step logger,
     # notes) hold this lock shared while they write: none is half-way through a file now,
     # and none starts before the ref exists (they check for it under the lock).
-    with sealing(wd, timeout=lock_timeout):
-        repo.check_uncommitted(specimen_id, advice)
-        digest, commit, shared = _seal(repo, 
-            specimen_id, wd, message=message, parents=parents, author=author,
-            extra_metadata=extra_metadata, partial=partial)
-    _unshare(wd, shared)
-    after_commit(repo, specimen_id, digest, commit)
-    return commit
+    try:
+        with sealing(wd, timeout=lock_timeout):
+            own = repo.refs.get(specimen_id)
+            runs = _unsealed_runs(repo, specimen_id, wd)
+            if own is not None and not runs:
+                repo.check_uncommitted(specimen_id, advice)
+            if own is None:
+                digest, c, links = _seal(
+                    repo, specimen_id, wd, _outside_runs, message=message, parents=parents,
+                    author=author, extra_metadata=extra_metadata, partial=partial)
+                made.append((specimen_id, digest, c))
+                shared += links
+                previous = digest
+            else:
+                previous = repo.latest(specimen_id)
+            for run_id, sealed_as in runs:
+                digest, c, links = _seal(
+                    repo, sealed_as, wd, _in_run(run_id), message=message, parents=[previous],
+                    author=author, extra_metadata=extra_metadata, partial=False,
+                    run=(specimen_id, run_id))
+                made.append((sealed_as, digest, c))
+                shared += links
+                previous = digest
+    finally:
+        _unshare(wd, shared)
+        for sealed_as, digest, c in made:
+            after_commit(repo, sealed_as, digest, c)
+    return [c for _, _, c in made]
+
+
+def _outside_runs(rel: str) -> str | None:
+    """The specimen's own commit holds every working file but those of its runs."""
+    return None if run_of(rel) is not None else rel
+
+
+def _in_run(run_id: str) -> Callable[[str], str | None]:
+    """A run's commit holds the run's files under ``strata/``, with the specimen's protocol
+    and notes (deduplicated, so they cost nothing): the layout ``import-legacy`` gives a run."""
+
+    def tree_path(rel: str) -> str | None:
+        if rel in RUN_SHARED_FILES:
+            return rel
+        if run_of(rel) == run_id:
+            return f"{STRATA_DIR}/{rel.split('/', 2)[2]}"
+        return None
+
+    return tree_path
+
+
+def _unsealed_runs(repo: Repository, specimen_id: str, wd: Path) -> list[tuple[str, str]]:
+    """``(run id, id it is sealed as)`` of each run in ``wd`` that has files and no ref yet,
+    oldest first.
+
+    Raises:
+        InvalidInputError: for a run whose id cannot be part of a specimen id.
+    """
+    runs_dir = wd / RUNS_DIR
+    if not runs_dir.is_dir():
+        return []
+    indexed = WorkingIndex(wd).load(strict=True)
+    with_files = {r for r in map(run_of, indexed) if r is not None}
+    names = sorted((e.name for e in os.scandir(runs_dir) if e.is_dir(follow_symlinks=False)),
+                   key=run_sort_key)
+    out: list[tuple[str, str]] = []
+    for run_id in names:
+        if run_id not in with_files and not any(iter_files(runs_dir / run_id)):
+            continue  # made but never written to: nothing to seal
+        try:
+            sealed_as = run_specimen_id(specimen_id, check_run_id(run_id))
+        except InvalidInputError as exc:
+            raise InvalidInputError(
+                f"run {runs_dir / run_id} cannot be sealed: {exc}; rename the run directory"
+            ) from None
+        if repo.refs.get(sealed_as) is None:
+            out.append((run_id, sealed_as))
+    return out
 
 
 def _seal(
-    repo: Repository, specimen_id: str, wd: Path, *, message: str, parents: Sequence[str],
-    author: str | None, extra_metadata: dict[str, Any] | None, partial: bool,
+    repo: Repository, sealed_as: str, wd: Path, tree_path: Callable[[str], str | None], *,
+    message: str, parents: Sequence[str], author: str | None,
+    extra_metadata: dict[str, Any] | None, partial: bool, run: tuple[str, str] | None = None,
 ) -> tuple[Digest, Commit, list[str]]:
-    """Copy the working directory into objects, write the commit object and its ref.
+    """Copy part of a working directory into objects, write the commit object and its ref.
 
     The caller holds the working directory's lock exclusively.
+
+    Args:
+        repo: the repository.
+        sealed_as: the id the commit is sealed under.
+        wd: the working directory.
+        tree_path: the path in the commit of each working path it holds (None: not held).
+        message, parents, author, extra_metadata, partial: as :func:`commit` takes them.
+        run: ``(specimen id, run id)`` when sealing a run: its manifest is the specimen's,
+            with ``metadata.run`` naming the run, and ``parents`` are its only parents.
 
     Returns:
         ``(commit digest, commit, working paths that were hard links to objects)``.
@@ -152,19 +255,24 @@ def _seal(
     raw = read_manifest(wd)
     manifest = manifest_from_working(raw, wd)
     canonical.packb(manifest.to_map())  # unstorable metadata fails before any object is written
-    if not isinstance(partial, bool):
-        raise InvalidInputError(f"partial must be True or False, not {partial!r}")
-    for prepare in hooks.hooks("prepare"):  # features that act before the seal
-        extra_metadata = prepare(wd, specimen_id, partial, extra_metadata)
-    if extra_metadata:
+    extra = dict(extra_metadata or {})
+    if run is None:
+        for prepare in hooks.hooks("prepare"):  # features that act before the seal
+            extra = prepare(wd, sealed_as, partial, extra) or {}
+        parent_digests = repo.resolve_parents([*raw.get("parents", []), *parents])
+    else:
+        extra["run"] = {"specimen_id": run[0], "run_id": run[1]}
+        parent_digests = repo.resolve_parents(parents)
+    if extra:
         merged = dict(manifest.metadata)
-        merged.update(extra_metadata)
+        merged.update(extra)
         canonical.packb(merged)
         manifest = Manifest(manifest.domain, manifest.method, manifest.model, manifest.tags, merged)
-    parent_digests = repo.resolve_parents([*raw.get("parents", []), *parents])
-    files = list(iter_files(wd))
-    indexed = WorkingIndex(wd).load(strict=True)
+    files = [rel for rel in iter_files(wd) if tree_path(rel) is not None]
+    indexed = {rel: d for rel, d in WorkingIndex(wd).load(strict=True).items()
+               if tree_path(rel) is not None}
     files, shared = _split_working_files(wd, files, indexed, repo.objects)
+    created = utc_now()
     # Writers hold the gc lock shared, so `vault gc --grace 0` never prunes objects that a
     # commit has written but not yet referenced.
     with FileLock(repo.gc_lock_path, shared=True):
@@ -177,30 +285,61 @@ def _seal(
             tree: dict[str, TreeEntry] = {}
             copies = WorkingCopies(wd).load()
             for rel in files:
+                path = tree_path(rel)
+                assert path is not None
+                if run is not None and rel == MANIFEST_NAME:
+                    continue  # a run gets a manifest of its own, below
                 stored = _stored_copy(repo, wd, rel, copies)
                 if stored is not None:
                     batch.add_stored(stored[0])
-                    tree[rel] = TreeEntry(stored[0], stored[1], kind_of(rel))
+                    tree[path] = TreeEntry(stored[0], stored[1], kind_of(path))
                     continue
                 digest, size = batch.add_file(wd / rel)
-                tree[rel] = TreeEntry(digest, size, kind_of(rel))
+                tree[path] = TreeEntry(digest, size, kind_of(path))
             for rel, digest in indexed.items():
-                tree[rel] = TreeEntry(digest, _indexed_size(repo, specimen_id, rel, digest),
-                                      kind_of(rel))
+                path = tree_path(rel)
+                assert path is not None
+                tree[path] = TreeEntry(digest, _indexed_size(repo, sealed_as, rel, digest),
+                                       kind_of(path))
+            if run is not None:
+                data = run_manifest(raw, sealed_as, run[0], created, manifest.metadata)
+                tree[MANIFEST_NAME] = TreeEntry(batch.add_bytes(data), len(data),
+                                                kind_of(MANIFEST_NAME))
             tree = dict(sorted(tree.items()))
             commit = Commit(
-                specimen_id=specimen_id, created=utc_now(),
+                specimen_id=sealed_as, created=created,
                 author=author or os.environ.get(AUTHOR_ENV) or _login_name(),
                 message=message, manifest=manifest, parents=tuple(parent_digests), tree=tree,
             )
             digest = batch.add_bytes(commit.to_bytes())
-            batch.add_move(*repo.refs.intent_temp(specimen_id, digest))
+            batch.add_move(*repo.refs.intent_temp(sealed_as, digest))
         except BaseException:
             batch.abort()
             raise
         batch.publish()
-        repo.refs.create(specimen_id, digest, commit.created)
+        repo.refs.create(sealed_as, digest, commit.created)
     return digest, commit, shared
+
+
+def run_manifest(raw: dict[str, Any], sealed_as: str, parent_id: str, created: str,
+                 metadata: dict[str, Any]) -> bytes:
+    """The ``manifest.msgpack`` a run's commit holds: its specimen's, for the run.
+
+    The same fields ``vault new`` writes, so a sealed run reads like any specimen (and like a
+    run ``import-legacy`` brought in): its id, its specimen as parent, and the run's metadata.
+
+    Args:
+        raw: the specimen's working manifest.
+        sealed_as: the run's specimen id.
+        parent_id: the specimen the run belongs to.
+        created: the commit's time.
+        metadata: the run commit's manifest metadata.
+    """
+    return canonical.packb({
+        "specimen_id": sealed_as, "domain": raw.get("domain"), "method": raw.get("method"),
+        "model": raw.get("model"), "tags": list(raw.get("tags", [])), "parents": [parent_id],
+        "created": created, "metadata": metadata,
+    })
 
 
 def _stored_copy(

@@ -1,7 +1,9 @@
 """Tensors: numpy arrays stored as Zarr v3 arrays, chunk by chunk, as content-addressed objects.
 
-A tensor ``name`` of a specimen is the Zarr v3 array ``strata/<name>.zarr``: the metadata
+A tensor ``name`` of a specimen is the Zarr v3 array ``<results>/<name>.zarr``: the metadata
 document ``zarr.json`` and one file per chunk under ``c/`` (default chunk key encoding, "/").
+``<results>`` is the directory of the specimen's results: ``strata`` (the default everywhere
+here), or ``runs/<run_id>`` for a run.
 In a vault every one of those files is an object of ``objects/`` and nothing else: chunks are
 encoded, hashed and stored the moment zarr produces them (see
 :class:`~cas_vault.zarrstore.ObjectWriteStore`), and the working index records each file's digest,
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from .atomic import FileLock, fsync_dir, temp_path
 from .digest import Digest
 from .errors import InvalidInputError, NotFoundError
-from .workdir import PRIVATE_DIR, WorkingIndex, check_uncommitted, writing
+from .workdir import PRIVATE_DIR, WorkingIndex, check_writable, writing
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,6 +74,8 @@ DEFAULT_CHUNK_EDGE = 1000
 PROGRESS_DELAY_S = 1.0
 #: Chunks zarr encodes concurrently per write call; with the store's queue this bounds memory.
 ZARR_CONCURRENCY = 4
+#: The results directory of the seed's first API, where tensors go unless told otherwise.
+STRATA = "strata"
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -234,14 +238,22 @@ def check_shape_tail(shape_tail: object) -> tuple[int, ...]:
 
 
 # -- tree paths ------------------------------------------------------------------------------
-def tensor_prefix(name: str) -> str:
-    """Tree path of tensor ``name``'s array directory: ``strata/<name>.zarr``."""
-    return f"strata/{name}.zarr"
+def tensor_prefix(name: str, results_dir: str = STRATA) -> str:
+    """Tree path of tensor ``name``'s array directory: ``<results_dir>/<name>.zarr``.
+
+    Args:
+        name: the tensor (validated by the caller).
+        results_dir: the results directory relative to the specimen (``strata`` or
+            ``runs/<run_id>``, validated by the caller).
+    """
+    return f"{results_dir}/{name}.zarr"
 
 
-def tensor_entries(tree: Mapping[str, Digest], name: str) -> dict[str, Digest]:
+def tensor_entries(
+    tree: Mapping[str, Digest], name: str, results_dir: str = STRATA,
+) -> dict[str, Digest]:
     """Store key -> digest for tensor ``name`` in a tree (relative path -> digest)."""
-    prefix = tensor_prefix(name) + "/"
+    prefix = tensor_prefix(name, results_dir) + "/"
     return {p[len(prefix):]: d for p, d in tree.items() if p.startswith(prefix)}
 
 
@@ -249,21 +261,31 @@ def tensor_entries(tree: Mapping[str, Digest], name: str) -> dict[str, Digest]:
 ARRAY_METADATA = ("zarr.json", ".zarray")
 
 
-def list_tree_tensors(paths: Iterator[str] | Sequence[str] | Mapping[str, Any]) -> list[str]:
-    """Names of the tensors (``strata/<name>.zarr/zarr.json`` or ``.zarray``) among tree paths."""
+def list_tree_tensors(
+    paths: Iterator[str] | Sequence[str] | Mapping[str, Any], results_dir: str = STRATA,
+) -> list[str]:
+    """Names of the tensors among tree paths.
+
+    Args:
+        paths: relative paths (a tree or a working index).
+        results_dir: where to look: a tensor is ``<results_dir>/<name>.zarr/zarr.json`` (or
+            ``.zarray``).
+    """
+    prefix = results_dir + "/"
     out = set()
     for p in paths:
-        parts = p.split("/")
-        if len(parts) == 3 and parts[0] == "strata" and parts[1].endswith(".zarr") \
-                and parts[2] in ARRAY_METADATA:
-            out.add(parts[1][:-5])
+        if not p.startswith(prefix):
+            continue
+        parts = p[len(prefix):].split("/")
+        if len(parts) == 2 and parts[0].endswith(".zarr") and parts[1] in ARRAY_METADATA:
+            out.add(parts[0][:-5])
     return sorted(out)
 
 
 # -- reading ---------------------------------------------------------------------------------
 def open_tree_tensor(
     objects: ObjectStore, tree: Mapping[str, Digest], name: str, *, where: str,
-    verify: bool = True,
+    verify: bool = True, results_dir: str = STRATA,
 ) -> zarr.Array:
     """Open tensor ``name`` of a tree lazily, straight from the object store (read-only).
 
@@ -273,6 +295,7 @@ def open_tree_tensor(
         name: the tensor.
         where: names the specimen in error messages.
         verify: verify every chunk read against its digest.
+        results_dir: the results directory the tensor is in.
 
     Returns:
         A lazy ``zarr.Array``: slicing it reads only the chunks the slice touches.
@@ -284,23 +307,33 @@ def open_tree_tensor(
 
     from .zarrstore import ObjectTreeStore
 
-    entries = tensor_entries(tree, name)
+    entries = tensor_entries(tree, name, results_dir)
     if not any(m in entries for m in ARRAY_METADATA):
-        have = list_tree_tensors(tree)
+        have = list_tree_tensors(tree, results_dir)
         raise NotFoundError(
-            f"{where} has no tensor {name!r}; it has "
+            f"{where} has no tensor {name!r}"
+            + ("" if results_dir == STRATA else f" in {results_dir}") + "; it has "
             + (", ".join(repr(t) for t in have) if have else "no tensors")
         )
-    store = ObjectTreeStore(objects, entries, verify=verify, where=f"{tensor_prefix(name)} of {where}")
+    prefix = tensor_prefix(name, results_dir)
+    store = ObjectTreeStore(objects, entries, verify=verify, where=f"{prefix} of {where}")
     return zarr.open_array(store=store, mode="r")
 
 
-def open_working_tensor(specimen_dir: Path, name: str, objects: ObjectStore | None) -> zarr.Array:
+def open_working_tensor(
+    specimen_dir: Path, name: str, objects: ObjectStore | None, results_dir: str = STRATA,
+) -> zarr.Array:
     """Open tensor ``name`` of a working directory lazily (read-only).
 
     In a vault, a tensor written by cas-vault is read through the working index from the
     object store (a chunk listed there but lost raises IntegrityError). Anything else, e.g. a
     plain Zarr directory someone wrote there by hand, is opened as a plain directory.
+
+    Args:
+        specimen_dir: the working directory.
+        name: the tensor.
+        objects: the vault's object store, or None outside a vault.
+        results_dir: the results directory the tensor is in.
 
     Raises:
         NotFoundError: if it was never written.
@@ -308,14 +341,16 @@ def open_working_tensor(specimen_dir: Path, name: str, objects: ObjectStore | No
     import zarr
     from zarr.storage import LocalStore
 
-    path = specimen_dir / tensor_prefix(name)
+    prefix = tensor_prefix(name, results_dir)
+    path = specimen_dir / prefix
     on_disk = any((path / m).is_file() for m in ARRAY_METADATA)
     if objects is not None:
         index = WorkingIndex(specimen_dir).load()
-        if f"{tensor_prefix(name)}/zarr.json" in index:
+        if f"{prefix}/zarr.json" in index:
             if os.path.lexists(path):
-                raise InvalidInputError(index_conflict(specimen_dir, tensor_prefix(name)))
-            return open_tree_tensor(objects, index, name, where=f"working specimen {specimen_dir.name}")
+                raise InvalidInputError(index_conflict(specimen_dir, prefix))
+            return open_tree_tensor(objects, index, name, results_dir=results_dir,
+                                    where=f"working specimen {specimen_dir.name}")
     if not on_disk:
         raise NotFoundError(f"tensor {name!r} not found at {path}; write it with write_tensors()")
     return zarr.open_array(store=LocalStore(path, read_only=True), mode="r")
@@ -334,16 +369,17 @@ def index_conflict(specimen_dir: Path, prefix: str) -> str:
 class _Target:
     """Where a tensor is written: a zarr store on a staging directory, installed atomically.
 
-    The staging directory ``strata/.<name>.zarr.<uuid>.tmp`` is skipped by commits (temp
+    The staging directory ``<results>/.<name>.zarr.<uuid>.tmp`` is skipped by commits (temp
     names); :meth:`finish` swaps it in place of any previous array of the same name.
     """
 
-    def __init__(self, specimen_dir: Path, name: str) -> None:
+    def __init__(self, specimen_dir: Path, name: str, results_dir: str = STRATA) -> None:
         self.specimen_dir = specimen_dir
         self.name = name
-        self.strata = specimen_dir / "strata"
-        self.dest = specimen_dir / tensor_prefix(name)
-        self.staging = self.strata / f".{name}.zarr.{uuid.uuid4().hex}.tmp"
+        self.prefix = tensor_prefix(name, results_dir)
+        self.results = specimen_dir / results_dir
+        self.dest = specimen_dir / self.prefix
+        self.staging = self.results / f".{name}.zarr.{uuid.uuid4().hex}.tmp"
         self.store: Any = None
 
     def open(self) -> Any:
@@ -360,10 +396,10 @@ class _Target:
         """Rename the staging tree to ``dest``; return where the old array went (or None)."""
         old = None
         if os.path.lexists(self.dest):
-            old = self.strata / f".{self.name}.zarr.{uuid.uuid4().hex}.old.tmp"
+            old = self.results / f".{self.name}.zarr.{uuid.uuid4().hex}.old.tmp"
             os.rename(self.dest, old)
         os.rename(self.staging, self.dest)
-        fsync_dir(self.strata)
+        fsync_dir(self.results)
         return old
 
     @staticmethod
@@ -382,7 +418,7 @@ class _DirTarget(_Target):
     def open(self) -> Any:
         from zarr.storage import LocalStore
 
-        self.strata.mkdir(parents=True, exist_ok=True)
+        self.results.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir()
         self.store = LocalStore(self.staging)
         return self.store
@@ -408,8 +444,9 @@ class _VaultTarget(_Target):
     directory's lock shared for the whole write, so a commit never seals half a tensor.
     """
 
-    def __init__(self, specimen_dir: Path, name: str, vault_root: Path) -> None:
-        super().__init__(specimen_dir, name)
+    def __init__(self, specimen_dir: Path, name: str, vault_root: Path,
+                 results_dir: str = STRATA) -> None:
+        super().__init__(specimen_dir, name, results_dir)
         from .objects import ObjectStore
 
         self.objects = ObjectStore.of_vault(vault_root)
@@ -422,7 +459,7 @@ class _VaultTarget(_Target):
 
         self._locks.enter_context(writing(self.specimen_dir))
         try:
-            check_uncommitted(self.specimen_dir)
+            check_writable(self.specimen_dir, self.prefix)
             self._locks.enter_context(self.objects.writing())
             self.store = ObjectWriteStore(self.objects, self.staging)
         except BaseException:
@@ -434,7 +471,7 @@ class _VaultTarget(_Target):
         old = None
         try:
             entries = self.store.finish()
-            prefix = tensor_prefix(self.name)
+            prefix = self.prefix
             private = self.specimen_dir / PRIVATE_DIR
             private.mkdir(exist_ok=True)
             # The index is rewritten whole; the lock keeps tensors written at once (threads or
@@ -443,11 +480,11 @@ class _VaultTarget(_Target):
                 # A plain Zarr directory of the same name (written by other means) is replaced
                 # by the new array, as writing a file replaces it.
                 if os.path.lexists(self.dest):
-                    old = self.strata / f".{self.name}.zarr.{uuid.uuid4().hex}.old.tmp"
+                    old = self.results / f".{self.name}.zarr.{uuid.uuid4().hex}.old.tmp"
                     os.rename(self.dest, old)
                     # Durable before the index names the new array: after a power cut,
                     # both at once would be refused by every reader.
-                    fsync_dir(self.strata)
+                    fsync_dir(self.results)
                 WorkingIndex(self.specimen_dir).update(
                     {f"{prefix}/{k}": d for k, d in entries.items()}, remove_prefix=prefix,
                 )
@@ -464,11 +501,13 @@ class _VaultTarget(_Target):
             self._locks.close()
 
 
-def make_target(specimen_dir: Path, name: str, vault_root: Path | None) -> _Target:
+def make_target(
+    specimen_dir: Path, name: str, vault_root: Path | None, results_dir: str = STRATA,
+) -> _Target:
     """The write target for tensor ``name``: into the vault's objects, or a plain directory."""
     if vault_root is None:
-        return _DirTarget(specimen_dir, name)
-    return _VaultTarget(specimen_dir, name, vault_root)
+        return _DirTarget(specimen_dir, name, results_dir)
+    return _VaultTarget(specimen_dir, name, vault_root, results_dir)
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -646,7 +685,7 @@ class _ArrayBuilder:
 def write_tensor(
     specimen_dir: Path, vault_root: Path | None, name: str, array: np.ndarray, *,
     chunks: Sequence[int] | int | None = None, chunk_bytes: int | None = None,
-    compressor: str | None = "zstd", progress: bool | None = None,
+    compressor: str | None = "zstd", progress: bool | None = None, results_dir: str = STRATA,
 ) -> Path:
     """Write ``array`` as tensor ``name`` of a working directory, replacing any previous one.
 
@@ -661,12 +700,15 @@ def write_tensor(
         compressor: ``"zstd"`` or None.
         progress: draw a progress bar (default: when stderr is a terminal and the write takes
             over a second).
+        results_dir: the results directory, relative to ``specimen_dir`` (``strata`` or
+            ``runs/<run_id>``, validated by the caller).
 
     Returns:
-        The array's directory ``strata/<name>.zarr``.
+        The array's directory ``<results_dir>/<name>.zarr``.
 
     Raises:
         InvalidInputError: bad dtype, chunks or compressor (nothing is written then).
+        ImmutableError: in a vault, if :func:`~cas_vault.workdir.check_writable` refuses it.
         LockTimeoutError: if a ``vault gc`` holds the vault for too long.
     """
     array = check_array(array)
@@ -675,7 +717,7 @@ def write_tensor(
     chunk_shape = resolve_chunks(array.shape, dtype.itemsize, chunks, chunk_bytes)
     n_chunks = math.prod(-(-n // c) for n, c in zip(array.shape, chunk_shape)) if array.size else 0
     chunk_nbytes = dtype.itemsize * math.prod(chunk_shape)
-    target = make_target(specimen_dir, name, vault_root)
+    target = make_target(specimen_dir, name, vault_root, results_dir)
     bar = _progress_bar(n_chunks * chunk_nbytes, f"tensor {name}", progress) if n_chunks else None
     try:
         builder = _ArrayBuilder(target, array.shape, dtype, chunk_shape, compressor, bar)
@@ -732,7 +774,7 @@ class TensorWriter:
 
     @property
     def path(self) -> Path:
-        """The array's directory once the writer is closed: ``strata/<name>.zarr``."""
+        """The array's directory once the writer is closed: ``<results>/<name>.zarr``."""
         return self.target.dest
 
     def __enter__(self) -> TensorWriter:
@@ -843,9 +885,12 @@ def tensor_writer(
     specimen_dir: Path, vault_root: Path | None, name: str, dtype: Any,
     shape_tail: Sequence[int] | int = (), *, chunks: Sequence[int] | int | None = None,
     chunk_bytes: int | None = None, compressor: str | None = "zstd",
-    progress: bool | None = None,
+    progress: bool | None = None, results_dir: str = STRATA,
 ) -> TensorWriter:
     """Validate everything and return an unopened :class:`TensorWriter` (see its docs).
+
+    ``results_dir`` is the results directory relative to ``specimen_dir`` (``strata`` or
+    ``runs/<run_id>``, validated by the caller).
 
     Raises:
         InvalidInputError: bad dtype, shape_tail, chunks or compressor.
@@ -854,5 +899,5 @@ def tensor_writer(
     tail = check_shape_tail(shape_tail)
     compressor = check_compressor(compressor)
     chunk_shape = resolve_chunks((0, *tail), stored.itemsize, chunks, chunk_bytes, growable=True)
-    return TensorWriter(make_target(specimen_dir, name, vault_root), stored, tail, chunk_shape,
-                        compressor, progress)
+    return TensorWriter(make_target(specimen_dir, name, vault_root, results_dir), stored, tail,
+                        chunk_shape, compressor, progress)

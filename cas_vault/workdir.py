@@ -1,15 +1,18 @@
 """Working directories: ``specimens/<id>/``, where experiments write before sealing.
 
 A working directory holds ``manifest.msgpack`` (what ``vault new`` recorded), ``protocol.py``,
-``field_notes.md`` and ``strata/`` with the results. A hidden ``.cas/`` folder holds the
-working index: for files that were written straight into the object store (tensor chunks),
-the digest they were stored under, so committing does not hash or copy them again. Those files
-exist only in ``objects/``: no working path ever leads to an object's inode, so nothing written
-through a working directory can change sealed bytes.
+``field_notes.md`` and the results: ``strata/`` (the seed's first API), or one directory per
+run of the protocol, ``runs/<run_id>/`` (the original's later API). A hidden ``.cas/`` folder
+holds the working index: for files that were written straight into the object store (tensor
+chunks), the digest they were stored under, so committing does not hash or copy them again.
+Those files exist only in ``objects/``: no working path ever leads to an object's inode, so
+nothing written through a working directory can change sealed bytes.
 
 Every writer (``SpecimenStorage``, tensor writers, the step logger, ``vault note``) holds the
 working directory's lock shared while it writes; a commit holds it exclusively, so it never
-seals a half-written file of a writer that plays by these rules.
+seals a half-written file of a writer that plays by these rules. Under that lock a writer asks
+:func:`check_writable` whether its path may change: nothing may once the specimen is sealed,
+except the files of a run that the sealed tree does not hold.
 """
 
 from __future__ import annotations
@@ -37,12 +40,16 @@ __all__ = [
     "LOCK_PATH",
     "MANIFEST_NAME",
     "PRIVATE_DIR",
+    "RUNS_DIR",
     "WorkingIndex",
     "check_tags",
     "check_uncommitted",
+    "check_writable",
     "iter_files",
     "manifest_from_working",
     "read_manifest",
+    "run_of",
+    "sealed_paths",
     "sealing",
     "writing",
 ]
@@ -56,6 +63,8 @@ COPIES_PATH = f"{PRIVATE_DIR}/copies.msgpack"
 LOCK_PATH = f"{PRIVATE_DIR}/write.lock"
 #: Seconds a commit waits for the writers of its working directory to finish.
 COMMIT_LOCK_TIMEOUT = 60.0
+#: The directory holding one directory per run, ``runs/<run_id>/`` (the runs layout).
+RUNS_DIR = "runs"
 
 
 class _WorkdirLock(FileLock):
@@ -102,6 +111,93 @@ def check_uncommitted(specimen_dir: Path) -> None:
         raise ImmutableError(
             f"specimen {name} is committed and can no longer change; create a new specimen "
             f"for new results (vault new NEW_ID --parent {name} ...)"
+        )
+
+
+def sealed_paths(specimen_dir: Path) -> frozenset[str] | None:
+    """The relative paths of a working directory's sealed commit tree.
+
+    Args:
+        specimen_dir: ``<vault>/specimens/<id>``.
+
+    Returns:
+        Every path of the tree of the commit ``<vault>/refs/<id>`` names, or None if the
+        specimen has no ref.
+
+    Raises:
+        InvalidInputError: if the ref does not hold a commit digest.
+        IntegrityError: if the commit object it names is missing, altered or not a commit.
+    """
+    from .commit import Commit
+    from .errors import IntegrityError
+    from .objects import ObjectStore
+    from .refs import RefStore
+
+    root = specimen_dir.parent.parent
+    digest = RefStore.of_vault(root).get(specimen_dir.name)
+    if digest is None:
+        return None
+    try:
+        commit = Commit.from_bytes(ObjectStore.of_vault(root).get(digest))
+    except (NotFoundError, InvalidInputError) as exc:
+        # A writer that cannot tell what is sealed must not guess: refuse, and say why.
+        raise IntegrityError(
+            f"the commit {digest} of specimen {specimen_dir.name} cannot be read ({exc}); "
+            "run `vault verify`"
+        ) from None
+    return frozenset(commit.tree)
+
+
+def run_of(rel_path: str) -> str | None:
+    """The run a working path belongs to: ``<run_id>`` for ``runs/<run_id>/...``, else None."""
+    parts = rel_path.split("/")
+    if len(parts) >= 2 and parts[0] == RUNS_DIR and parts[1]:
+        return parts[1]
+    return None
+
+
+def check_writable(specimen_dir: Path, rel_path: str) -> None:
+    """Refuse a write of ``rel_path`` that would change what a commit sealed.
+
+    The one rule for everything a writer puts in a working directory of a vault (results,
+    tensors), checked while it holds :func:`writing`, so no commit can start in between:
+
+    - a path of a run, ``runs/<run_id>/...``, may be written unless the run is sealed: the
+      run has a ref of its own (``<id>.run_<run_id>``, :func:`~cas_vault.ids.run_specimen_id`),
+      or the specimen's sealed tree (:func:`sealed_paths`) holds a path of the run. A sealed
+      specimen takes new runs (a later commit seals them), but a sealed run never changes,
+      not even by a file it lacked;
+    - any other path (``strata/...``) only while the specimen has no ref.
+
+    Args:
+        specimen_dir: ``<vault>/specimens/<id>``.
+        rel_path: the path written, relative to ``specimen_dir`` (a tensor's array directory
+            for a tensor).
+
+    Raises:
+        ImmutableError: if the write is refused.
+        InvalidInputError, IntegrityError: if the sealed tree cannot be read
+            (:func:`sealed_paths`).
+    """
+    from .errors import ImmutableError
+    from .ids import run_specimen_id
+
+    run = run_of(rel_path)
+    if run is None:
+        check_uncommitted(specimen_dir)
+        return
+    name = specimen_dir.name
+    try:
+        own_ref = (specimen_dir.parent.parent / "refs" / run_specimen_id(name, run)).exists()
+    except InvalidInputError:
+        own_ref = False  # no valid id to be sealed under, so it never was
+    sealed = sealed_paths(specimen_dir)
+    run_dir = f"{RUNS_DIR}/{run}"
+    if own_ref or (sealed is not None and any(
+            p == run_dir or p.startswith(run_dir + "/") for p in sealed)):
+        raise ImmutableError(
+            f"run {run} of specimen {name} is sealed (committed), so {rel_path} can no longer "
+            "be written; start a new run for new results with SpecimenStorage(path)"
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,14 @@ if TYPE_CHECKING:
 
     from ..repository import Repository
 
-__all__ = ["CommitRows", "build_rows", "insert_rows"]
+__all__ = [
+    "RUN_CONFIG_KEYS", "CommitRows", "build_rows", "experiment_time", "insert_rows",
+    "parse_any_time", "parse_run_id_time",
+]
+
+#: Keys of a run's own manifest that hold its config, in the order they are looked for.
+RUN_CONFIG_KEYS = ("config", "configuration")
+_RUN_ID_TIME = re.compile(r"\A\d{8}_\d{6}(_\d+)?\Z")
 
 
 @dataclass
@@ -89,12 +97,16 @@ def build_rows(
         unique = sum(s for d, s in own.items() if d not in seen)
         seen.update(own)
         m = c.manifest
+        run = m.run
+        committed = _parse_time(c.created)
         add_row(
-            cat, specimen_id=e.specimen_id, created=_parse_time(c.created), domain=m.domain,
-            method=m.method, model=m.model, tags=list(m.tags), status=_status(m.metadata),
-            commit=e.commit, parents=list(c.parents), message=c.message, author=c.author,
-            logical_bytes=c.logical_bytes, unique_bytes=unique, seq=e.seq, files=len(c.tree),
-            metadata=_to_json(m.metadata), config=_config_json(vault, c),
+            cat, specimen_id=e.specimen_id, created=experiment_time(c) or committed,
+            domain=m.domain, method=m.method, model=m.model, tags=list(m.tags),
+            status=_status(m.metadata), commit=e.commit, parents=list(c.parents),
+            message=c.message, author=c.author, logical_bytes=c.logical_bytes,
+            unique_bytes=unique, seq=e.seq, files=len(c.tree), metadata=_to_json(m.metadata),
+            config=_config_json(vault, c), committed=committed,
+            run_of=run[0] if run else None, run_id=run[1] if run else None,
         )
         for parent in c.parents:
             pc = load(parent)
@@ -124,12 +136,68 @@ def insert_rows(conn: duckdb.DuckDBPyConnection, rows: CommitRows) -> None:
 
 
 def _config_json(vault: Repository, c: Commit) -> str | None:
-    entry = c.tree.get("strata/config.msgpack")
-    if entry is None:
+    """The ``config`` column: ``strata/config.msgpack``, else (a run) the ``config`` or
+    ``configuration`` of the run's own manifest, as the original's runs kept it."""
+
+    def read(path: str) -> Any:
+        entry = c.tree.get(path)
+        if entry is None:
+            return None
+        try:
+            return canonical.unpackb(vault.objects.get(entry.digest, verify=False))
+        except (VaultError, OSError, ValueError):
+            return None
+
+    config = read("strata/config.msgpack")
+    if config is None and c.manifest.run is not None:
+        run_manifest = read("strata/manifest.msgpack")
+        if isinstance(run_manifest, Mapping):
+            config = next((run_manifest[k] for k in RUN_CONFIG_KEYS
+                           if run_manifest.get(k) is not None), None)
+    return None if config is None else _to_json(config)
+
+
+def experiment_time(c: Commit) -> _dt.datetime | None:
+    """When the experiment itself happened, as ``catalog.created`` shows it (UTC, naive).
+
+    An imported specimen's own ``created`` (``metadata.legacy.created``), else a run's id when
+    it is a timestamp (``YYYYMMDD_HHMMSS``, which carries no time zone: taken as written),
+    else None (the commit's time is used).
+    """
+    legacy = c.manifest.metadata.get("legacy")
+    if isinstance(legacy, Mapping):
+        t = parse_any_time(legacy.get("created"))
+        if t is not None:
+            return t
+    run = c.manifest.run
+    if run is not None:
+        return parse_run_id_time(run[1])
+    return None
+
+
+def parse_any_time(value: Any) -> _dt.datetime | None:
+    """An ISO 8601 string or a POSIX timestamp as a naive UTC datetime, else None."""
+    if isinstance(value, bool):
         return None
     try:
-        return _to_json(canonical.unpackb(vault.objects.get(entry.digest, verify=False)))
-    except (VaultError, OSError, ValueError):
+        if isinstance(value, (int, float)):
+            t = _dt.datetime.fromtimestamp(value, _dt.timezone.utc)
+        elif isinstance(value, str):
+            t = _dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        else:
+            return None
+    except (ValueError, OverflowError, OSError):
+        return None
+    return t.astimezone(_dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+
+
+def parse_run_id_time(run_id: str) -> _dt.datetime | None:
+    """The start time a run id names (``YYYYMMDD_HHMMSS``, maybe ``_N`` after it), else None."""
+    if not _RUN_ID_TIME.match(run_id):
+        return None
+    try:
+        return _dt.datetime.strptime(run_id[:15], "%Y%m%d_%H%M%S")
+    except ValueError:
         return None
 
 

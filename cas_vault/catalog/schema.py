@@ -32,9 +32,9 @@ __all__ = [
 ]
 
 #: Version of the catalog's tables; a catalog with another version is rebuilt.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Tables a user can query.
-CATALOG_TABLES = ("catalog", "lineage", "objects", "metrics", "catalog_problems")
+CATALOG_TABLES = ("catalog", "runs", "lineage", "objects", "metrics", "catalog_problems")
 #: Columns of ``metrics`` that are not metric columns.
 METRIC_KEY_COLUMNS = ("specimen_id", "file")
 
@@ -46,7 +46,11 @@ CREATE TABLE catalog(
     specimen_id VARCHAR, created TIMESTAMP, domain VARCHAR, method VARCHAR, model VARCHAR,
     tags VARCHAR[], status VARCHAR, commit VARCHAR, parents VARCHAR[], message VARCHAR,
     author VARCHAR, logical_bytes BIGINT, unique_bytes BIGINT, seq BIGINT, files INTEGER,
-    metadata JSON, config JSON);
+    metadata JSON, config JSON, committed TIMESTAMP, run_of VARCHAR, run_id VARCHAR);
+CREATE VIEW runs AS
+    SELECT run_of AS specimen_id, run_id, specimen_id AS run_specimen_id, commit, created,
+           committed, config
+    FROM catalog WHERE run_of IS NOT NULL;
 CREATE TABLE lineage(child VARCHAR, parent VARCHAR, child_commit VARCHAR, parent_commit VARCHAR);
 CREATE TABLE objects(digest VARCHAR, size BIGINT, kind VARCHAR, specimen_id VARCHAR, path VARCHAR);
 CREATE TABLE metrics(specimen_id VARCHAR, file VARCHAR);
@@ -70,6 +74,7 @@ CREATE MACRO descendants(sid) AS TABLE
 """
 DROP = """
 DROP MACRO TABLE IF EXISTS ancestors; DROP MACRO TABLE IF EXISTS descendants;
+DROP VIEW IF EXISTS runs;
 DROP TABLE IF EXISTS _state; DROP TABLE IF EXISTS catalog; DROP TABLE IF EXISTS lineage;
 DROP TABLE IF EXISTS objects; DROP TABLE IF EXISTS metrics; DROP TABLE IF EXISTS _metric_writers;
 DROP TABLE IF EXISTS catalog_problems;
@@ -78,6 +83,7 @@ DROP TABLE IF EXISTS catalog_problems;
 CATALOG_COLUMNS = (
     "specimen_id", "created", "domain", "method", "model", "tags", "status", "commit", "parents",
     "message", "author", "logical_bytes", "unique_bytes", "seq", "files", "metadata", "config",
+    "committed", "run_of", "run_id",
 )
 WRITER_COLUMNS = ("specimen_id", "file", "digest", "column_name", "written_type")
 PROBLEM_COLUMNS = ("specimen_id", "file", "column_name", "written_type", "catalog_type", "detail")
@@ -124,7 +130,7 @@ def catalog_schema() -> Any:
     import pyarrow as pa
 
     s, i = pa.string(), pa.int64()
-    types = {"created": pa.timestamp("us"), "tags": pa.list_(s), "parents": pa.list_(s),
+    types = {"created": pa.timestamp("us"), "committed": pa.timestamp("us"), "tags": pa.list_(s), "parents": pa.list_(s),
              "logical_bytes": i, "unique_bytes": i, "seq": i, "files": pa.int32()}
     return pa.schema([(k, types.get(k, s)) for k in CATALOG_COLUMNS])
 

@@ -46,19 +46,25 @@ def init(path: str) -> None:
 @click.option("--tags", default=None, help="Comma-separated tags, e.g. gpt2,layer_12.")
 @click.option("--model", default=None, help="Model studied, e.g. gpt2-small.")
 @click.option("--parent", "parents", multiple=True, help="Committed specimen this derives from (repeatable).")
+@click.option("--layout", type=click.Choice(["strata", "runs"]), default="strata", show_default=True,
+              help="strata: results in strata/; runs: one runs/RUN_ID/ per execution of the protocol.")
 @vault_option
 def new(specimen_id: str, domain: str, method: str, tags: str | None, model: str | None,
-        parents: tuple[str, ...], vault_path: str | None) -> None:
+        parents: tuple[str, ...], layout: str, vault_path: str | None) -> None:
     """Scaffold specimens/SPECIMEN_ID/ with manifest, protocol.py, field_notes.md and strata/.
 
+    With --layout runs, every execution of the protocol writes a run of its own (runs/RUN_ID/),
+    and each `vault commit` seals the runs made since the last one.
+
     \b
-    Example:
+    Examples:
       vault new 2024_12_19_my_experiment --domain interpretability \\
           --method sae_analysis --tags gpt2,layer_12
+      vault new 2024_12_19_lr_sweep --domain training --method fine_tuning --layout runs
     """
     v = open_vault(vault_path)
     path = v.new(specimen_id, domain=domain, method=method, tags=_split_tags(tags), model=model,
-                 parents=list(parents))
+                 parents=list(parents), layout=layout)
     click.echo(f"Created {path}")
     click.echo(f"Next: edit {path / 'protocol.py'}, run it, then `vault commit {specimen_id} -m MSG`")
 
@@ -74,15 +80,24 @@ def commit(specimen_id: str, message: str, parents: tuple[str, ...], partial: bo
            vault_path: str | None) -> None:
     """Seal specimens/SPECIMEN_ID/ as an immutable commit; prints the commit digest.
 
+    A specimen in the runs layout is sealed once; each of its runs (runs/RUN_ID/) is sealed
+    as the specimen SPECIMEN_ID.run_RUN_ID, whose parent is the run before it. Committing again
+    after the protocol ran again seals the new runs; the digest printed is the newest one's.
+
     \b
     Examples:
       vault commit 2024_12_19_my_experiment -m "baseline, lr 3e-4"
       vault commit 2024_12_19_crashed_run --partial -m "died at step 41k (OOM)"
     """
+    from ..seal import commit as seal
+
     v = open_vault(vault_path)
     watch_seal(v, specimen_id)
-    c = v.commit(specimen_id, message=message, parents=list(parents), partial=partial)
-    click.echo(c.digest)
+    made = seal(v, specimen_id, message=message, parents=list(parents), partial=partial)
+    for c in made:
+        if c.manifest.run is not None:
+            click.echo(f"sealed run {escape(c.manifest.run[1])} as {c.specimen_id}", err=True)
+    click.echo(made[-1].digest)
 
 
 @cli.command()
@@ -172,22 +187,34 @@ def _damaged_json(f: Finding) -> dict[str, Any]:
 
 @cli.command()
 @click.argument("specimen_id")
+@click.option("--run", "run_id", default=None, metavar="RUN_ID",
+              help="Show this run of the specimen (default: its newest run, if it has runs).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (stable format).")
 @vault_option
-def show(specimen_id: str, as_json: bool, vault_path: str | None) -> None:
+def show(specimen_id: str, run_id: str | None, as_json: bool, vault_path: str | None) -> None:
     """Show a committed specimen: manifest, files, digests, sizes, parents, bytes.
 
+    A specimen whose protocol ran several times is shown by its newest sealed run, with the
+    number of runs and their ids; --run shows another.
+
     \b
-    Example:
+    Examples:
       vault show example_synthetic_demo
+      vault show 2024_12_19_sweep --run 20241219_143000
     """
     v = open_vault(vault_path)
-    info = v.show(specimen_id)
+    info = v.show(specimen_id, run=run_id)
     if as_json:
         echo_json(info.to_dict())
         return
     c = info.commit
     m = c.manifest
+    if info.runs:
+        shown = ", ".join(info.runs[:10]) + (f" and {len(info.runs) - 10} more"
+                                             if len(info.runs) > 10 else "")
+        click.echo(f"runs      {len(info.runs)} (newest first): {escape(shown)}")
+        click.echo(f"run       {escape(info.run or '')}"
+                   + ("  (the newest)" if info.run == info.runs[0] else ""))
     click.echo(f"specimen  {info.specimen_id}")
     click.echo(f"commit    {info.digest}")
     click.echo(f"created   {escape(c.created)}  by {escape(c.author)}")
