@@ -41,6 +41,7 @@ INFO_KINDS = (
     "workdir_modified",         # a committed working file differs from what was sealed
     "workdir_missing",          # a committed working file was deleted
     "workdir_extra",            # a file was added to a committed working directory
+    "unsealed_run",             # a run of a committed specimen that no commit seals yet
     "catalog_behind",           # committed specimens not indexed yet (`vault index` adds them)
     "catalog_unchecked",        # vault.duckdb was busy, so it was not compared with the refs
     "catalog_problem",          # a metric column whose type does not fit: NULL in `metrics`

@@ -5,6 +5,14 @@ interpreter. Its combined stdout and stderr go to ``specimens/<id>/run.log`` (a 
 specimen, so the commit keeps it as a blob) and, as they arrive, to an optional sink (the CLI
 passes the terminal). Exit status 0 commits the specimen with ``metadata.provenance``; any
 other status commits nothing and raises :class:`RunFailedError` naming the log.
+
+A specimen in the runs layout (its protocol writes ``runs/<run_id>/``) may be run again after
+it was committed: each execution is a new run, and the commit seals it as a run of its own
+(``<id>.run_<run_id>``). The log then belongs to the run: it goes to ``runs/<run_id>/run.log``
+(``strata/run.log`` in the run's commit) when the protocol made exactly one run. A failed
+execution's new runs are moved to ``.cas/failed_runs/`` with the log (their tensors, which
+exist only as objects, are dropped from the working index), so no later commit seals them as if
+they had succeeded.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ from .errors import (
 )
 from .provenance import capture_environment
 from .seeding import SEEDS_FILE_ENV, read_seeds_file
-from .workdir import PRIVATE_DIR, writing
+from .storage import is_runs_layout
+from .workdir import PRIVATE_DIR, RUNS_DIR, WorkingIndex, check_writable, writing
 
 if TYPE_CHECKING:
     from .repository import Repository
@@ -44,6 +53,8 @@ RUN_SPECIMEN_ENV = "CAS_VAULT_RUN_SPECIMEN"
 _SEEDS_NAME = "seeds.jsonl"
 #: Provenance of the last failed run, in the working directory's private folder.
 FAILED_RUN_NAME = "failed_run.msgpack"
+#: Where the runs of a failed execution are moved, in the private folder (runs layout).
+FAILED_RUNS_DIR = "failed_runs"
 _TAIL_LINES = 15
 
 
@@ -110,11 +121,13 @@ def run_protocol(
                                 or not timeout > 0):
         raise InvalidInputError(f"timeout must be a positive number of seconds, not {timeout!r}")
     wd = vault.specimen_dir(specimen_id)
-    vault.check_uncommitted(
-        specimen_id,
-        f"to run it again, create a new specimen: `vault new NEW_ID --parent {specimen_id} ...`, "
-        "copy protocol.py, then `vault run NEW_ID`",
-    )
+    if not is_runs_layout(wd):  # a committed specimen in the runs layout takes new runs
+        vault.check_uncommitted(
+            specimen_id,
+            f"to run it again, create a new specimen: `vault new NEW_ID --parent {specimen_id} "
+            "...`, copy protocol.py, then `vault run NEW_ID` (or keep runs: `vault new ... "
+            "--layout runs`)",
+        )
     protocol = wd / "protocol.py"
     if not protocol.is_file():
         raise NotFoundError(
@@ -156,11 +169,23 @@ def _run_locked(
         # loses none of it.
         "PYTHONUNBUFFERED": "1",
     }
-    log_path = wd / LOG_NAME
+    runs = is_runs_layout(wd)
+    before = _run_dirs(wd) if runs else set()
+    log_path = (private if runs else wd) / LOG_NAME
+    log_rel: str | None = LOG_NAME
     started = utc_now()
     t0 = time.monotonic()
     status = _stream(command, wd, env, log_path, output, timeout)
     wall = time.monotonic() - t0
+    new_runs = sorted(_run_dirs(wd) - before) if runs else []
+    if runs:
+        log_rel = None
+        if len(new_runs) == 1:  # the log is the run's, sealed with it
+            target = wd / RUNS_DIR / new_runs[0] / LOG_NAME
+            with writing(wd):
+                check_writable(wd, f"{RUNS_DIR}/{new_runs[0]}/{LOG_NAME}")
+                os.replace(log_path, target)
+            log_path, log_rel = target, f"strata/{LOG_NAME}"
     provenance = {
         **environment,
         "command": command[1:],
@@ -169,19 +194,50 @@ def _run_locked(
         "wall_time_s": round(wall, 6),
         "exit_status": status,
         "seeds": read_seeds_file(seeds_file),
-        "log": LOG_NAME,
     }
+    if log_rel is not None:
+        provenance["log"] = log_rel
     seeds_file.unlink(missing_ok=True)
     failed = private / FAILED_RUN_NAME
     if status != 0:
-        # Kept so that `vault commit ID --partial` can seal the failure with its provenance.
-        write_replace(failed, canonical.packb(provenance))
+        if runs:
+            log_path = _set_aside(wd, private, new_runs, log_path)
+        else:
+            # Kept so that `vault commit ID --partial` can seal the failure with its provenance.
+            write_replace(failed, canonical.packb(provenance))
         raise RunFailedError(specimen_id, status, str(log_path), _tail(log_path))
     failed.unlink(missing_ok=True)
     if not message:
         message = " ".join(["vault run", specimen_id, *args])
     commit = vault.commit(specimen_id, message=message, extra_metadata={"provenance": provenance})
     return RunResult(specimen_id, commit, provenance, log_path)
+
+
+def _run_dirs(wd: Path) -> set[str]:
+    """Names of the run directories in ``wd/runs``."""
+    try:
+        return {e.name for e in os.scandir(wd / RUNS_DIR) if e.is_dir(follow_symlinks=False)}
+    except FileNotFoundError:
+        return set()
+
+
+def _set_aside(wd: Path, private: Path, new_runs: list[str], log_path: Path) -> Path:
+    """Move a failed execution's runs out of ``runs/`` (no commit may seal them as results);
+    return where its log is now."""
+    aside = private / FAILED_RUNS_DIR
+    aside.mkdir(exist_ok=True)
+    with writing(wd):
+        for run in new_runs:
+            dest = aside / run
+            if dest.exists():  # an earlier failure of the same name: keep both
+                dest = aside / f"{run}.{time.time_ns()}"
+            os.rename(wd / RUNS_DIR / run, dest)
+            # Its tensors live only as objects listed in the working index: unlisted, they
+            # are not sealed with a later run, and gc reclaims them after its grace period.
+            WorkingIndex(wd).update({}, remove_prefix=f"{RUNS_DIR}/{run}")
+            if log_path.parent == wd / RUNS_DIR / run:
+                log_path = dest / LOG_NAME
+    return log_path
 
 
 def failed_run_provenance(specimen_dir: Path) -> dict[str, Any] | None:

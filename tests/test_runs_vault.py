@@ -174,7 +174,8 @@ def runs_tree(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     a = sp / "2025_03_01_probe_sweep"
     (a / "runs").mkdir(parents=True)
     (a / "manifest.msgpack").write_bytes(msgpack.packb(
-        {"specimen_id": a.name, "domain": "interpretability", "method": "sae_analysis"}))
+        {"specimen_id": a.name, "domain": "interpretability", "method": "sae_analysis",
+         "created": "2025-03-01T09:00:00+01:00"}))
     (a / "protocol.py").write_text("print('probe')\n")
     tensors = {}
     for i, (run, fmt, key) in enumerate([("20250301_101500", 2, "config"),
@@ -238,6 +239,9 @@ def test_import_gives_runs_the_mapping_a_vault_gives_them(vault: Vault, runs_tre
     assert [t.isoformat() for t in q["created"]] == [
         "2025-03-02T09:00:00", "2025-03-01T11:30:00", "2025-03-01T10:15:00"]
     assert all(t.year > 2025 for t in q["committed"])
+    own = vault.query("SELECT created, committed FROM catalog WHERE specimen_id = ?", [sid])
+    assert own["created"][0].isoformat() == "2025-03-01T08:00:00"  # its manifest's, in UTC
+    assert own["committed"][0].year > 2025
     # Run configs fill the config column, under either name.
     assert [json.loads(c) if c else None for c in q["config"]] == [None, {"layer": 1},
                                                                     {"layer": 0}]
@@ -287,3 +291,71 @@ def test_the_runs_template_protocol_run_twice_from_the_command_line(vault: Vault
     bad = runner.invoke(cli, ["--vault", str(vault.root), "new", "x_y", "--domain", "training",
                               "--method", "fine_tuning", "--layout", "columns"])
     assert bad.exit_code == 2 and "columns" in bad.output and not vault.specimen_dir("x_y").exists()
+
+
+RUNS_PROTOCOL = '''
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cas_vault import SpecimenStorage
+
+storage = SpecimenStorage(Path(__file__).parent)
+storage.write_metrics({"step": [0, 1], "loss": [1.0, float(sys.argv[1])]})
+storage.write_tensors("w", np.full((4, 4), float(sys.argv[1]), dtype=np.float32))
+print("loss", sys.argv[1])
+if sys.argv[1] == "fail":
+    raise SystemExit(3)
+'''
+
+
+def test_vault_run_adds_a_run_to_a_committed_specimen_and_sets_failures_aside(vault: Vault) -> None:
+    from cas_vault.errors import RunFailedError
+
+    wd = vault.new(SID, domain="training", method="fine_tuning", layout="runs")
+    (wd / "protocol.py").write_text(RUNS_PROTOCOL)
+    first = vault.run(SID, ["0.5"])
+    assert first.commit.manifest.run is not None
+    (run1,) = vault.runs(SID)
+    second = vault.run(SID, ["0.25"])  # committed already: a new run, sealed on its own
+    run2 = second.commit.manifest.run[1]
+    assert vault.runs(SID) == [run2, run1] and run2 != run1
+    # The log is the run's, and so is the provenance.
+    sealed = vault.specimen(f"{SID}.run_{run2}")
+    assert b"loss 0.25" in sealed.read_bytes("strata/run.log")
+    prov = sealed.commit.manifest.metadata["provenance"]
+    assert prov["log"] == "strata/run.log" and prov["command"] == ["protocol.py", "0.25"]
+    assert vault.get(f"{SID}.run_{run2}").parents == (vault.resolve(f"{SID}.run_{run1}"),)
+    # A failed execution: nothing sealed, its run set aside, the next commit has nothing new.
+    (wd / "protocol.py").write_text(RUNS_PROTOCOL.replace('float(sys.argv[1])', '0.0'))
+    with pytest.raises(RunFailedError) as failed:
+        vault.run(SID, ["fail"])
+    assert "failed_runs" in str(failed.value)
+    assert sorted(p.name for p in (wd / "runs").iterdir()) == sorted([run1, run2])
+    index = msgpack.unpackb((wd / ".cas" / "index.msgpack").read_bytes())
+    assert {k.split("/")[1] for k in index if k.startswith("runs/")} == {run1, run2}
+    with pytest.raises(ImmutableError):
+        vault.commit(SID)
+    assert vault.runs(SID) == [run2, run1]
+    assert vault.verify().ok
+
+
+def test_verify_checks_each_run_against_its_own_commit(vault: Vault) -> None:
+    wd = vault.new(SID, domain="training", method="fine_tuning")
+    protocol(wd, RUNS[0], 0.1)
+    vault.commit(SID)
+    report = vault.verify()
+    assert report.ok and report.info == ()  # sealed runs are not "added" files nor workdir-less
+    # Written behind the API's back: verify names the run's commit and what to do.
+    metrics = wd / "runs" / RUNS[0] / "metrics.parquet"
+    metrics.chmod(0o644)
+    metrics.write_bytes(metrics.read_bytes()[:-8] + b"tampered")
+    SpecimenStorage(wd, run_id=RUNS[1]).write_metrics({"step": [0], "loss": [1.0]})
+    report = vault.verify()
+    assert report.ok  # the sealed bytes are in objects/, intact
+    kinds = {(i.kind, i.specimen) for i in report.info}
+    assert ("workdir_modified", f"{SID}.run_{RUNS[0]}") in kinds
+    assert ("unsealed_run", SID) in kinds and len(kinds) == 2
+    (unsealed,) = [i for i in report.info if i.kind == "unsealed_run"]
+    assert f"runs/{RUNS[1]}" in unsealed.message and f"vault commit {SID}" in unsealed.message

@@ -24,10 +24,10 @@ from ..commit import Commit
 from ..digest import Digest, is_digest
 from ..errors import InvalidInputError, LockTimeoutError
 from ..findings import Finding
-from ..ids import validate_id
+from ..ids import run_specimen_id, validate_id
 from ..journal import JournalEntry, JournalTip, rollback
 from ..scan import ObjectScan, find_temp, walk_tree
-from ..workdir import WorkingIndex, iter_files
+from ..workdir import RUNS_DIR, WorkingIndex, iter_files, run_of
 from .catalog_reads import CATALOG_TIMEOUT
 
 if TYPE_CHECKING:
@@ -279,28 +279,47 @@ class Checker:
         specimen. (A working file that is still the object's inode, from vaults written before
         objects had inodes of their own, is reported by :meth:`report_shared`.)
         """
-        wd = self.vault.specimens_dir / sid
+        # A sealed run's working files are its specimen's runs/<run_id>/ (docs/format.md,
+        # "Sealing runs"); the specimen's own commit holds everything else.
+        run = commit.manifest.run
+        owner = run[0] if run is not None else sid
+        wd = self.vault.specimens_dir / owner
         if not wd.is_dir():
             self.info.append(Finding(
                 "workdir_absent", f"committed specimen {sid} has no working directory; its "
                 f"files are safe in objects/ (`vault checkout {sid} DEST` copies them out)",
-                specimen=sid, file=f"specimens/{sid}"))
+                specimen=sid, file=f"specimens/{owner}"))
             return
+        if run is not None:
+            base = f"{RUNS_DIR}/{run[1]}/"
+            tree = {base + p[len("strata/"):]: e for p, e in commit.tree.items()
+                    if p.startswith("strata/")}
+        else:
+            base = ""
+            tree = dict(commit.tree)
         files: set[str] = set()
+        runs: set[str] = set()  # the specimen's runs that have files
         complete = True
         restore = (f"the sealed copy in objects/ is intact (`vault checkout {sid} DEST` copies "
                    "it out)")
         try:
-            for rel in iter_files(wd):
-                files.add(rel)
+            for rel in iter_files(wd / base if base else wd):
+                rel = base + rel
+                if run is not None or run_of(rel) is None:
+                    files.add(rel)
+                elif not base:
+                    runs.add(run_of(rel) or "")
         except InvalidInputError as exc:
             complete = False
             self.info.append(Finding(
                 "workdir_extra", f"committed specimen {sid}: {exc}", specimen=sid,
-                file=f"specimens/{sid}"))
+                file=f"specimens/{owner}/{base}"))
         indexed = WorkingIndex(wd).load()
-        for rel, entry in commit.tree.items():
-            where = f"specimens/{sid}/{rel}"
+        if run is None:
+            runs.update(r for r in map(run_of, indexed) if r is not None)
+            self.report_unsealed_runs(sid, runs)
+        for rel, entry in tree.items():
+            where = f"specimens/{owner}/{rel}"
             if rel not in files:
                 # Files written straight into objects/ exist only in the working index.
                 if complete and indexed.get(rel) != entry.digest:
@@ -322,19 +341,32 @@ class Checker:
                     digest=entry.digest, path=rel, file=where))
             elif not self.quick:
                 hash_jobs.append((sid, rel, entry.digest, wd / rel, st.st_size))
-        for rel in sorted(files - set(commit.tree)):
+        for rel in sorted(files - set(tree)):
             self.info.append(Finding(
-                "workdir_extra", f"specimens/{sid}/{rel} was added after {sid} was sealed; it "
-                "is not part of the specimen (move it to a new one to keep it)", specimen=sid,
-                path=rel, file=f"specimens/{sid}/{rel}"))
+                "workdir_extra", f"specimens/{owner}/{rel} was added after {sid} was sealed; "
+                "it is not part of the specimen (move it to a new one to keep it)", specimen=sid,
+                path=rel, file=f"specimens/{owner}/{rel}"))
+
+    def report_unsealed_runs(self, sid: str, runs: set[str]) -> None:
+        """Name the runs of committed specimen ``sid`` that no commit seals yet."""
+        for run in sorted(runs):
+            try:
+                sealed_as = run_specimen_id(sid, run)
+            except InvalidInputError:
+                sealed_as = None
+            if sealed_as is None or self.vault.refs.get(sealed_as) is None:
+                self.info.append(Finding(
+                    "unsealed_run", f"specimens/{sid}/{RUNS_DIR}/{run} is a run that is not "
+                    f"sealed yet; `vault commit {sid}` seals it", specimen=sid,
+                    file=f"specimens/{sid}/{RUNS_DIR}/{run}"))
 
     def finish_workdirs(
         self, jobs: list[tuple[str, str, Digest, Path, int]],
         results: list[Digest | OSError | None],
     ) -> None:
         """Turn the hashes of committed working files into information about drift."""
-        for (sid, rel, d, _, _), got in zip(jobs, results, strict=True):
-            where = f"specimens/{sid}/{rel}"
+        for (sid, rel, d, path, _), got in zip(jobs, results, strict=True):
+            where = f"specimens/{path.relative_to(self.vault.specimens_dir).as_posix()}"
             if isinstance(got, OSError):
                 self.info.append(Finding(
                     "workdir_modified", f"{where} cannot be read ({got.strerror or got}); the "
