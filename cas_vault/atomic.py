@@ -30,9 +30,11 @@ __all__ = [
     "file_identity",
     "fsync_path",
     "link_if_absent",
+    "lock_state",
     "makedirs_durable",
     "put_if_absent",
     "remove_tree",
+    "rename_aside",
     "replace_with",
     "temp_path",
     "write_all",
@@ -343,6 +345,31 @@ def remove_tree(top: Path) -> None:
         os.rmdir(d)
 
 
+def rename_aside(path: Path) -> Path:
+    """Durably move ``path`` (a file or directory) to a fresh temp name beside it.
+
+    The first step of removing something that must never be seen half-removed under its own
+    name: once this returns, the old name is gone for good (the directory is fsynced), and
+    the temp name (:func:`temp_path`, with this process's id) is a crash leftover that
+    ``gc`` deletes as soon as this process is gone, whatever a crash left of it.
+
+    Args:
+        path: the entry to move; its temp name is in the same directory, so the rename
+            never crosses a filesystem.
+
+    Returns:
+        The entry's temp path.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        OSError: on any other failure (``path`` is then left as it was).
+    """
+    tmp = temp_path(path.parent, path.name)
+    os.rename(path, tmp)
+    fsync_dir(path.parent)
+    return tmp
+
+
 def append_durable(path: Path, data: bytes) -> None:
     """Append ``data`` to ``path`` with one write and fsync it.
 
@@ -419,6 +446,46 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def lock_state(path: Path) -> str | None:
+    """How the ``flock`` of ``path`` is held right now (by any process), asked without waiting.
+
+    A read-only probe: the file is opened read-only and never created, and the lock taken to
+    ask (non-blocking) is released before this returns, so no holder or waiter is kept waiting
+    for more than that instant.
+
+    Args:
+        path: a lock file.
+
+    Returns:
+        None if no process holds it (or there is no such file), ``"shared"`` if it is held
+        shared only, ``"exclusive"`` if a process holds it exclusively.
+
+    Raises:
+        OSError: if the file exists but cannot be opened (permissions).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        if _try_flock(fd, fcntl.LOCK_EX):
+            return None  # closing the descriptor below drops the lock just taken
+        return "shared" if _try_flock(fd, fcntl.LOCK_SH) else "exclusive"
+    finally:
+        os.close(fd)
+
+
+def _try_flock(fd: int, op: int) -> bool:
+    """Take ``op`` on ``fd`` without waiting; False if another holder's lock conflicts."""
+    try:
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+    return True
 
 
 @contextmanager

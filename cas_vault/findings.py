@@ -19,6 +19,7 @@ PROBLEM_KINDS = (
     "size_mismatch",     # an object's size differs from the size recorded in the tree
     "missing_commit",    # a ref names a commit object that is gone
     "bad_commit",        # a commit object that does not decode as a commit
+    "bad_event",         # a journal event's object does not decode, or disagrees with its line
     "missing_parent",    # a commit names a parent commit that is gone
     "bad_ref",           # a ref file that is not a valid id holding one digest
     "ref_mismatch",      # a ref and its journal line (or its commit) disagree
@@ -42,6 +43,7 @@ INFO_KINDS = (
     "workdir_missing",          # a committed working file was deleted
     "workdir_extra",            # a file was added to a committed working directory
     "unsealed_run",             # a run of a committed specimen that no commit seals yet
+    "retired_specimen",         # a specimen retired on purpose (journaled), not lost
     "catalog_behind",           # committed specimens not indexed yet (`vault index` adds them)
     "catalog_unchecked",        # vault.duckdb was busy, so it was not compared with the refs
     "catalog_problem",          # a metric column whose type does not fit: NULL in `metrics`

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import FileLock, fsync_dir, remove_tree
-from .errors import ChecksumMismatch, IntegrityError, InvalidInputError, NotFoundError
+from .digest import Digest
+from .errors import ChecksumMismatch, IntegrityError, InvalidInputError, NotFoundError, VaultError
+from .retirement import retirements
 from .reachability import reachable
 from .scan import TempItem, find_temp, scan_objects
 
@@ -124,6 +126,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _purged_objects(vault: Repository, live: set[Digest]) -> set[Digest]:
+    """Objects of specimens retired with ``purge`` that nothing live needs: their commits and
+    what their trees name (those already gone name nothing)."""
+    out: set[Digest] = set()
+    for r in retirements(vault).values():
+        if not r.purge:
+            continue
+        out.add(r.commit)
+        try:
+            out.update(e.digest for e in vault.read_commit(r.commit).tree.values())
+        except VaultError:
+            continue
+    return out - live
+
+
 def _temp_removable(item: TempItem, now: float, temp_age: float) -> bool:
     if now - item.mtime >= temp_age:
         return True
@@ -172,6 +189,7 @@ def gc(
                 f"live: {shown}. Run `vault verify` for the full list"
             )
         live = reach.live
+        purge = _purged_objects(vault, live)
 
         now = time.time()
         scan = scan_objects(vault.objects)
@@ -180,7 +198,8 @@ def gc(
         for d, (size, mtime, _) in sorted(scan.digests.items()):
             if d in live:
                 continue
-            if grace > 0 and now - mtime < grace:  # grace 0 means all, whatever the clocks say
+            # grace 0 means all, whatever the clocks say; a purged specimen's go at once
+            if grace > 0 and now - mtime < grace and d not in purge:
                 recent_objects += 1
                 recent_bytes += size
                 continue

@@ -24,7 +24,9 @@ from .digest import Digest, hash_bytes, is_digest
 from .errors import IntegrityError, InvalidInputError
 
 __all__ = [
+    "EVENT_KINDS",
     "GENESIS",
+    "REF_KIND",
     "TIP_NAME",
     "TIP_SIZE",
     "JournalEntry",
@@ -35,6 +37,7 @@ __all__ = [
     "complete_lines",
     "decodable",
     "entries",
+    "events",
     "read_after",
     "read_tail",
     "rollback",
@@ -43,6 +46,10 @@ __all__ = [
 
 #: The ``prev`` of the first journal entry.
 GENESIS = Digest("0" * 64)
+#: The kind of a line that records a ref's creation (the line has no ``kind`` key).
+REF_KIND = "ref"
+#: Kinds of event lines: each names an event object (docs/format.md 5.4) by its digest.
+EVENT_KINDS = ("label", "note", "retire", "taxonomy")
 #: The tip record kept beside the journal (docs/format.md 5.3), and its fixed size.
 TIP_NAME = "journal.tip"
 TIP_SIZE = 86
@@ -52,13 +59,19 @@ TIP_SIZE = 86
 class JournalEntry:
     """One line of the journal.
 
+    A line records either a ref's creation (``kind`` is :data:`REF_KIND`) or an event
+    (:data:`EVENT_KINDS`: a label moved, a note added, a specimen retired, a taxonomy pair
+    added), whose details are in the event object ``commit`` names.
+
     Attributes:
         seq: 0-based position in the journal.
-        specimen_id: the ref created.
-        commit: the commit digest it was created with.
+        specimen_id: the ref created; for an event, the specimen it is about ("" for one about
+            the vault, such as a taxonomy pair).
+        commit: the commit digest the ref was created with; for an event, its event object.
         time: UTC timestamp of the creation.
         prev: digest of the previous line (``GENESIS`` for the first).
         line: the exact line bytes (without the newline).
+        kind: :data:`REF_KIND` or one of :data:`EVENT_KINDS`.
     """
 
     seq: int
@@ -67,6 +80,12 @@ class JournalEntry:
     time: str
     prev: Digest
     line: bytes
+    kind: str = REF_KIND
+
+    @property
+    def is_ref(self) -> bool:
+        """Whether the line records a ref's creation (not an event)."""
+        return self.kind == REF_KIND
 
     @property
     def digest(self) -> Digest:
@@ -74,12 +93,18 @@ class JournalEntry:
         return hash_bytes(self.line)
 
     @staticmethod
-    def encode(seq: int, specimen_id: str, commit: str, time: str, prev: str) -> bytes:
-        """Return the canonical line for an entry (sorted keys, no spaces, ASCII)."""
-        return json.dumps(
-            {"commit": commit, "prev": prev, "seq": seq, "specimen_id": specimen_id, "time": time},
-            sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-        ).encode("ascii")
+    def encode(seq: int, specimen_id: str, commit: str, time: str, prev: str,
+               kind: str = REF_KIND) -> bytes:
+        """Return the canonical line for an entry (sorted keys, no spaces, ASCII).
+
+        A ref line has no ``kind`` key (the format before events); an event line has one.
+        """
+        value: dict[str, object] = {"commit": commit, "prev": prev, "seq": seq,
+                                     "specimen_id": specimen_id, "time": time}
+        if kind != REF_KIND:
+            value["kind"] = kind
+        return json.dumps(value, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=True).encode("ascii")
 
     @classmethod
     def decode(cls, line: bytes, lineno: int) -> JournalEntry:
@@ -97,11 +122,15 @@ class JournalEntry:
         """
         try:
             v = json.loads(line)
+            kind = v.get("kind", REF_KIND)
             entry = cls(int(v["seq"]), str(v["specimen_id"]), Digest(v["commit"]), str(v["time"]),
-                        Digest(v["prev"]), line)
-        except (ValueError, KeyError, TypeError):
+                        Digest(v["prev"]), line, str(kind))
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise InvalidInputError(f"journal line {lineno} is not a valid entry") from None
-        if cls.encode(entry.seq, entry.specimen_id, entry.commit, entry.time, entry.prev) != line:
+        if entry.kind not in EVENT_KINDS and "kind" in v:
+            raise InvalidInputError(f"journal line {lineno} has an unknown kind {entry.kind!r}")
+        if cls.encode(entry.seq, entry.specimen_id, entry.commit, entry.time, entry.prev,
+                      entry.kind) != line:
             raise InvalidInputError(f"journal line {lineno} is not in canonical form")
         if not (is_digest(entry.commit) and is_digest(entry.prev)):
             raise InvalidInputError(f"journal line {lineno} has a malformed digest")
@@ -224,6 +253,11 @@ def decodable(data: bytes) -> list[JournalEntry]:
     return out
 
 
+def events(data: bytes) -> list[JournalEntry]:
+    """The journal's decodable event lines (not ref creations), in order."""
+    return [e for e in decodable(data) if not e.is_ref]
+
+
 def check(data: bytes) -> tuple[dict[str, JournalEntry], list[JournalProblem]]:
     """Parse a journal and check every rule of its format.
 
@@ -231,7 +265,8 @@ def check(data: bytes) -> tuple[dict[str, JournalEntry], list[JournalProblem]]:
         data: the whole journal file.
 
     Returns:
-        ``(entries, problems)``: specimen id -> its (first) valid entry, and every problem
+        ``(entries, problems)``: specimen id -> its (first) valid ref entry (event lines are
+        checked for order and chain, and left out: see :func:`events`), and every problem
         (malformed line, wrong ``seq``, broken ``prev`` chain, duplicate specimen, incomplete
         last line).
     """
@@ -257,6 +292,8 @@ def check(data: bytes) -> tuple[dict[str, JournalEntry], list[JournalProblem]]:
                 f"journal line {lineno} does not chain to the line before it: that line was "
                 "edited, deleted or moved", e.specimen_id, e.commit))
         prev = e.digest
+        if not e.is_ref:
+            continue
         if e.specimen_id in found:
             problems.append(JournalProblem(
                 f"journal line {lineno} records {e.specimen_id} a second time (refs are created "

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import FileLock, makedirs_durable, write_replace
+from .atomic import FileLock, lock_state, makedirs_durable, write_replace
 from .commit import Commit, utc_now
 from .errors import (
     AlreadyExistsError,
@@ -42,11 +42,13 @@ from .workdir import PRIVATE_DIR, writing
 if TYPE_CHECKING:
     import polars as pl
 
+    from .provenance import Capture
     from .repository import Repository
 
 __all__ = [
     "LOG_DIR",
     "SpecimenLogger",
+    "busy_logs",
     "finalize_logs",
     "prepare_commit",
     "read_log",
@@ -171,21 +173,17 @@ def finalize_logs(specimen_dir: Path) -> list[str]:
     return done
 
 
-def _busy_logs(specimen_dir: Path) -> list[str]:
-    """Names of logs whose lock a live process holds right now."""
+def busy_logs(specimen_dir: Path) -> list[str]:
+    """Names of the step-wise logs in ``specimen_dir`` that a live process is writing now.
+
+    A logging process holds its log's lock for its whole life; the lock is probed without
+    waiting and without writing anything (:func:`~cas_vault.atomic.lock_state`).
+    """
     root = _log_root(specimen_dir)
     if not root.is_dir():
         return []
-    busy = []
-    for lock_path in sorted(root.glob("*.lock")):
-        lock = FileLock(lock_path, timeout=0.0)
-        try:
-            lock.acquire()
-        except LockTimeoutError:
-            busy.append(lock_path.name[: -len(".lock")])
-        else:
-            lock.release()
-    return busy
+    return [p.name[: -len(".lock")] for p in sorted(root.glob("*.lock"))
+            if lock_state(p) is not None]
 
 
 def prepare_commit(
@@ -207,7 +205,7 @@ def prepare_commit(
         InvalidInputError: an unfinished log without ``partial`` (nothing is written).
         LockTimeoutError: a log is still being written by a live process.
     """
-    busy = _busy_logs(specimen_dir)
+    busy = busy_logs(specimen_dir)
     if busy:
         raise LockTimeoutError(
             f"specimen {specimen_id} is still being logged into ({', '.join(busy)}) by a running "
@@ -309,7 +307,8 @@ class SpecimenLogger:
         flush_seconds: flush when this many seconds passed since the last flush.
         commit: commit on normal exit; default: yes, unless running under ``vault run`` for
             this same specimen (the runner commits, with its own provenance).
-        code_dir: the code repository whose git state is recorded (default: the cwd).
+        code_dir: the code repository whose git state is recorded, and whose uncommitted
+            changes the commit keeps as ``provenance/git.diff`` (default: the cwd).
 
     Attributes:
         path: the working directory.
@@ -365,7 +364,7 @@ class SpecimenLogger:
         self._next_flush = 0.0
         self._lock: FileLock | None = None
         self._open = False
-        self._environment: dict[str, Any] = {}
+        self._captured: Capture | None = None
         self._started = ""
         self._t0 = 0.0
         self.rows = 0
@@ -393,7 +392,7 @@ class SpecimenLogger:
             AlreadyExistsError: if ``strata/<name>.parquet`` or an unfinished log exists.
             LockTimeoutError: if another process is logging into it.
         """
-        from .provenance import capture_environment
+        from .provenance import capture
         from .workdir import read_manifest
 
         v, sid = self.vault, self.specimen_id
@@ -442,7 +441,7 @@ class SpecimenLogger:
             lock.release()
             raise
         self._lock = lock
-        self._environment = capture_environment(self._code_dir)
+        self._captured = capture(self._code_dir)
         self._started = utc_now()
         self._t0 = time.monotonic()
         self._next_flush = self._t0 + self._flush_seconds
@@ -465,8 +464,13 @@ class SpecimenLogger:
             self._close()
         if not self._commit:
             return None
+        from .provenance import keep_patch
+
+        assert self._captured is not None
+        # The patch of a dirty checkout becomes a file of this commit (provenance/git.diff).
+        environment = keep_patch(self._captured, self.path)
         provenance = {
-            **self._environment,
+            **environment,
             "command": list(sys.argv),
             "started": self._started,
             "finished": utc_now(),

@@ -1,13 +1,16 @@
-"""Field notes: ``field_notes.md`` is the specimen's lab notebook until it is committed.
+"""Notes: the lab notebook before a specimen is sealed, annotations after.
 
-``vault note ID "text"`` appends a timestamped entry::
+``vault note ID "text"`` on an uncommitted specimen appends a timestamped entry to its
+``field_notes.md``::
 
     ### 2024-12-19T10:00:00.000000Z
 
     text
 
-After commit the notebook is sealed like every other file: notes are refused with an error
-that says to record them in a new specimen (``vault new NEW_ID --parent ID``).
+Once the specimen is sealed its notebook is sealed with it, so a later note becomes an
+**annotation** instead, as git notes attach to a commit without changing it: a ``note`` event
+in the journal (docs/format.md 5.4) naming the specimen's commit, with its text, author and
+time (:mod:`cas_vault.annotations`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from .atomic import FileLock, write_replace
 from .workdir import check_uncommitted, writing
 from .commit import utc_now
 from .errors import InvalidInputError, NotFoundError
+from .annotations import check_note_text
 
 if TYPE_CHECKING:
     from .repository import Repository
@@ -26,7 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["NOTES_NAME", "append_note"]
 
 NOTES_NAME = "field_notes.md"
-_MAX_NOTE = 1 << 20
 
 
 def append_note(vault: Repository, specimen_id: str, text: str) -> Path:
@@ -45,16 +48,12 @@ def append_note(vault: Repository, specimen_id: str, text: str) -> Path:
         ImmutableError: the specimen is committed (its notes are sealed).
         NotFoundError: no such specimen.
     """
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidInputError("the note is empty; write what you observed, e.g. vault note ID \"loss plateaus at 0.3\"")
-    if len(text.encode()) > _MAX_NOTE:
-        raise InvalidInputError("the note is over 1 MiB; store large text as a file in strata/")
+    check_note_text(text)
     wd = vault.specimen_dir(specimen_id)
     vault.check_uncommitted(
         specimen_id,
-        f"its field notes are sealed: record the note in a new specimen: `vault new "
-        f"{specimen_id}_notes --parent {specimen_id} --domain D --method M`, then "
-        f"`vault note {specimen_id}_notes TEXT`",
+        "its field notes are sealed: annotate it instead (`vault note "
+        f"{specimen_id} TEXT` does, or vault.annotate({specimen_id!r}, text))",
     )
     if not wd.is_dir():
         raise NotFoundError(

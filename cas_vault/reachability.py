@@ -1,8 +1,9 @@
 """What is live: the one rule of docs/format.md "Verification and garbage collection".
 
 An object is live if it is a commit named by a ref, by a decodable journal line or by an intent
-file (the roots), a parent of a live commit (recursively), named by a live commit's tree, or
-named by the working index or copies record of any working directory. ``gc`` keeps exactly
+file (the roots; a retired specimen's ref and journal line are no roots), a parent of a live commit (recursively), named by a live commit's tree, an
+event object named by a decodable journal event line, or named by the working index or copies
+record of any working directory. ``gc`` keeps exactly
 these; ``verify`` walks the same way from the roots it checks and counts everything else as
 garbage.
 """
@@ -21,6 +22,7 @@ from .commit import Commit
 from .digest import Digest, hash_bytes, is_digest
 from .errors import IntegrityError, InvalidInputError
 from .findings import Finding
+from .retirement import retirements
 from .ids import validate_id
 from .workdir import COPIES_PATH, INDEX_PATH, WorkingCopies, WorkingIndex
 
@@ -28,7 +30,10 @@ if TYPE_CHECKING:
     from .objects import ObjectStore
     from .repository import Repository
 
-__all__ = ["Reachable", "live_roots", "reachable", "walk_commits", "working_index_digests"]
+__all__ = [
+    "Reachable", "event_objects", "live_roots", "reachable", "walk_commits",
+    "working_index_digests",
+]
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,10 @@ def live_roots(vault: Repository) -> tuple[dict[Digest, str], set[Digest]]:
     refs = vault.refs
     starts: dict[Digest, str] = {}
     required: set[Digest] = set()
+    retired = set(retirements(vault))
     for name in refs.names():
+        if name in retired:
+            continue  # no longer live; still needed only if a live commit reaches it
         try:
             validate_id(name)
             d = refs.get(name)
@@ -84,7 +92,8 @@ def live_roots(vault: Repository) -> tuple[dict[Digest, str], set[Digest]]:
     except FileNotFoundError:
         data = b""
     for e in journal.decodable(data):
-        starts.setdefault(e.commit, e.specimen_id)
+        if e.is_ref and e.specimen_id not in retired:
+            starts.setdefault(e.commit, e.specimen_id)
     if refs.pending_dir.is_dir():
         for name in os.listdir(refs.pending_dir):
             if name.startswith("."):
@@ -168,12 +177,27 @@ def walk_commits(
     return commits, problems
 
 
+def event_objects(vault: Repository) -> set[Digest]:
+    """Digests of the event objects the journal's decodable event lines name (labels, notes):
+    live for as long as the journal names them, which is always.
+
+    Args:
+        vault: the vault.
+    """
+    try:
+        data = vault.refs.journal.read_bytes()
+    except FileNotFoundError:
+        return set()
+    return {e.commit for e in journal.events(data)}
+
+
 def working_index_digests(vault: Repository) -> set[Digest]:
     """Digests recorded in the working indexes and copies records of every working directory.
 
     These objects belong to specimens still being written (tensor chunks go straight into
     ``objects/``), so they are live although no commit references them yet. Hidden and
-    uncommitted working directories count too; an unreadable record names nothing.
+    uncommitted working directories count too; an unreadable record names nothing; a retired
+    specimen's working directory does not count.
 
     Args:
         vault: the vault.
@@ -184,9 +208,10 @@ def working_index_digests(vault: Repository) -> set[Digest]:
     out: set[Digest] = set()
     if not vault.specimens_dir.is_dir():
         return out
+    retired = set(retirements(vault))
     for entry in os.scandir(vault.specimens_dir):
-        if not entry.is_dir(follow_symlinks=False):
-            continue
+        if not entry.is_dir(follow_symlinks=False) or entry.name in retired:
+            continue  # a retired specimen's leftover records keep nothing alive
         wd = Path(entry.path)
         if Path(entry.path, INDEX_PATH).is_file():
             out.update(WorkingIndex(wd).load().values())
@@ -218,12 +243,15 @@ def reachable(
     Raises:
         IntegrityError: with ``starts`` None, if a ref does not hold a commit digest.
     """
+    whole = starts is None
     if starts is None:
         starts, required = live_roots(vault)
     commits, problems = walk_commits(vault.objects, starts, required, on_read)
     live: set[Digest] = set(commits)
     for c in commits.values():
         live.update(e.digest for e in c.tree.values())
+    if whole:
+        live |= event_objects(vault)
     if workdirs:
         live |= working_index_digests(vault)
     return Reachable(commits, live, problems)

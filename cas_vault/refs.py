@@ -195,7 +195,7 @@ class RefStore:
             return self._recover_locked()
 
     def _journaled_ids(self) -> set[str]:
-        return {e.specimen_id for e in self.entries()}
+        return {e.specimen_id for e in self.entries() if e.is_ref}
 
     def _tail(self) -> tuple[int, Digest]:
         """Return ``(next seq, digest of the last line)`` reading only the journal's end."""
@@ -221,9 +221,35 @@ class RefStore:
         except FileNotFoundError:
             return None
 
-    def _append_locked(self, specimen_id: str, commit: str, time: str) -> None:
+    def append_event(self, kind: str, subject: str, event: Digest, time: str) -> int:
+        """Journal an event whose object ``event`` is durable already; return its ``seq``.
+
+        Events change no ref: they are lines of the hash-chained journal (docs/format.md 5.4),
+        appended under the refs lock like a ref's line, after finishing interrupted creations.
+
+        Args:
+            kind: one of :data:`cas_vault.journal.EVENT_KINDS`.
+            subject: the specimen the event is about ("" for the vault).
+            event: the digest of the event object.
+            time: UTC timestamp for the line.
+
+        Raises:
+            InvalidInputError: for an unknown kind or a malformed subject.
+        """
+        if kind not in _journal.EVENT_KINDS:
+            raise InvalidInputError(f"unknown journal event kind {kind!r}")
+        if subject:
+            validate_id(subject)
+        with FileLock(self.lock_path):
+            self._recover_locked()
+            seq, _ = self._tail()
+            self._append_locked(subject, event, time, kind)
+            return seq
+
+    def _append_locked(self, specimen_id: str, commit: str, time: str,
+                       kind: str = _journal.REF_KIND) -> None:
         seq, prev = self._tail()
-        line = JournalEntry.encode(seq, specimen_id, commit, time, prev)
+        line = JournalEntry.encode(seq, specimen_id, commit, time, prev, kind)
         new_file = not self.journal.exists()
         append_durable(self.journal, line + b"\n")
         if new_file:

@@ -30,8 +30,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from . import canonical, seal
-from .atomic import fsync_dir, fsync_many, write_replace
+from . import canonical, names, seal
+from .annotations import ANNOTATIONS_NAME, Annotation, annotations, render_annotations
+from .atomic import fsync_dir, fsync_many, write_durable, write_replace
 from .commit import FORMAT_VERSION, Commit, utc_now
 from .digest import Digest, Hasher, is_digest
 from .errors import (
@@ -46,12 +47,15 @@ from .errors import (
 from .findings import Finding
 from .ids import RUN_INFIX, run_specimen_id, validate_id
 from .journal import decodable
+from .labels import labels
+from .retirement import retirements
 from .objects import ObjectStore
 from .refs import RefStore
 from .scaffold import new_specimen
 from .seal import BatchState
 from .specimen import CommittedSpecimen
 from .storage import VAULT_MARKER, SpecimenStorage, run_sort_key
+from .tensors import TensorSummary, summarize_tree_tensors
 from .workdir import COMMIT_LOCK_TIMEOUT
 
 if TYPE_CHECKING:
@@ -74,12 +78,14 @@ class LogEntry:
         specimen_id: the specimen.
         digest: its commit digest.
         commit: the decoded commit.
+        labels: the labels pointing at it now.
     """
 
     seq: int
     specimen_id: str
     digest: Digest
     commit: Commit
+    labels: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The stable ``vault log --json`` form (documented in README)."""
@@ -89,6 +95,7 @@ class LogEntry:
             "author": c.author, "message": c.message, "domain": c.manifest.domain,
             "method": c.manifest.method, "model": c.manifest.model, "tags": list(c.manifest.tags),
             "parents": list(c.parents), "files": len(c.tree), "logical_bytes": c.logical_bytes,
+            "labels": list(self.labels),
         }
 
 
@@ -106,6 +113,10 @@ class ShowInfo:
         runs: ids of the sealed runs of the specimen asked for, newest first (empty for a
             specimen without runs).
         run: the run shown (its commit is ``commit``), or None for the specimen's own commit.
+        tensors: its Zarr arrays: dtype, shape, chunks, logical and stored bytes (see
+            :func:`cas_vault.tensors.summarize_tree_tensors`).
+        labels: the labels pointing at it (or at the specimen whose run it is).
+        annotations: notes added to it after it was sealed, oldest first.
     """
 
     specimen_id: str
@@ -116,6 +127,9 @@ class ShowInfo:
     unique_bytes: int
     runs: tuple[str, ...] = ()
     run: str | None = None
+    labels: tuple[str, ...] = ()
+    annotations: tuple[Annotation, ...] = ()
+    tensors: tuple[TensorSummary, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The stable ``vault show --json`` form (documented in README)."""
@@ -128,7 +142,9 @@ class ShowInfo:
             "files": [{"path": p, "digest": e.digest, "size": e.size, "kind": e.kind}
                       for p, e in c.tree.items()],
             "logical_bytes": self.logical_bytes, "unique_bytes": self.unique_bytes,
-            "runs": list(self.runs), "run": self.run,
+            "runs": list(self.runs), "run": self.run, "labels": list(self.labels),
+            "annotations": [a.to_dict() for a in self.annotations],
+            "tensors": [t.to_dict() for t in self.tensors],
         }
 
 
@@ -347,10 +363,15 @@ class Repository:
 
         Raises:
             NotFoundError: for an uncommitted id or a digest that is not in the vault.
-            InvalidInputError: for a digest of an object that is not a commit.
+            InvalidInputError: for a digest of an object that is not a commit, or a retired
+                specimen (its commit may be gone after gc).
         """
         out: list[Digest] = []
+        retired = retirements(self) if parents else {}
         for p in parents:
+            if p in retired:
+                raise InvalidInputError(
+                    f"parent {p} is retired ({retired[p].reason!r}); derive from a live specimen")
             d = Digest(p) if is_digest(p) else self.resolve(p)
             if is_digest(p) and not self.objects.has(d):
                 raise NotFoundError(f"parent commit {p} is not in this vault")
@@ -367,6 +388,20 @@ class Repository:
         return out
 
     # -- reading -----------------------------------------------------------------------------
+    def lookup(self, text: str) -> str:
+        """Return the id of the committed specimen a user named: an id or a commit digest prefix.
+
+        For what people type (the CLI's arguments, :meth:`show`, :meth:`log`, :meth:`checkout`);
+        :meth:`resolve` stays exact. The rules are :func:`cas_vault.names.lookup`'s.
+
+        Raises:
+            InvalidIdError: for text that is neither an id nor a digest prefix.
+            InvalidInputError: for a digest prefix of several commits (listing them).
+            NotFoundError: if it names nothing committed (with the closest ids, and
+                ``vault commit ID`` for an uncommitted one).
+        """
+        return names.lookup(self, text)
+
     def resolve(self, specimen_id: str) -> Digest:
         """Return the commit digest of a committed specimen.
 
@@ -433,9 +468,12 @@ class Repository:
 
     def log(
         self, specimen_id: str | None = None, *,
-        on_damage: Callable[[Finding], None] | None = None,
+        on_damage: Callable[[Finding], None] | None = None, include_retired: bool = False,
     ) -> list[LogEntry]:
         """List commits, newest first.
+
+        The whole-vault log leaves retired specimens out (:mod:`cas_vault.retirement`; a
+        purged one may have no commit left to read), unless ``include_retired``.
 
         One damaged commit must not hide the others. With ``on_damage``, every commit that
         cannot be read (missing, altered or undecodable) is passed to it as a
@@ -444,9 +482,11 @@ class Repository:
         the whole-vault log, refs that do not hold a digest and journal lines whose ref is gone.
 
         Args:
-            specimen_id: if given, that specimen and all its ancestors (its lineage).
+            specimen_id: if given, that specimen and all its ancestors (its lineage); an id or
+                a commit digest prefix (:meth:`lookup`).
             on_damage: called with each damaged entry; without it the first damaged commit
                 raises.
+            include_retired: list retired specimens too (those whose commit is still there).
 
         Returns:
             The readable entries.
@@ -470,6 +510,7 @@ class Repository:
         wanted: list[tuple[str, Digest, Commit]] = []
         if specimen_id is None:
             refs = self.refs.all()
+            retired = retirements(self)
             if on_damage is not None:
                 names = set(self.refs.names())
                 for name in sorted(names - set(refs)):
@@ -479,12 +520,15 @@ class Repository:
                         names.add(e.specimen_id)  # one finding for an id journaled twice
                         on_damage(self._missing_ref_finding(e))
             for sid, d in refs.items():
+                if sid in retired and not include_retired:
+                    continue
                 c = self._read_logged(d, sid)
                 if isinstance(c, Commit):
                     wanted.append((sid, d, c))
-                else:
+                elif sid not in retired:  # a purged specimen's commit goes with it
                     damaged(c)
         else:
+            specimen_id = self.lookup(specimen_id)
             by_digest = {d: sid for sid, d in self.refs.all().items()}
             start = self._resolve_logged(specimen_id)
             seen: set[Digest] = set()
@@ -501,7 +545,11 @@ class Repository:
                     continue
                 wanted.append((c.specimen_id, d, c))
                 stack.extend((p, c.specimen_id) for p in c.parents)
-        entries = [LogEntry(seqs.get(sid, len(seqs)), sid, d, c) for sid, d, c in wanted]
+        named: dict[str, list[str]] = {}
+        for name, lb in labels(self).items():
+            named.setdefault(lb.specimen_id, []).append(name)
+        entries = [LogEntry(seqs.get(sid, len(seqs)), sid, d, c, tuple(named.get(sid, ())))
+                   for sid, d, c in wanted]
         entries.sort(key=lambda e: (e.commit.created, e.seq), reverse=True)
         return entries
 
@@ -512,7 +560,7 @@ class Repository:
         ``view_results.py`` does), and ``info.runs`` lists them all.
 
         Args:
-            specimen_id: the specimen.
+            specimen_id: the specimen: an id or a commit digest prefix (:meth:`lookup`).
             run: show this run of it instead of the newest.
 
         Raises:
@@ -521,6 +569,7 @@ class Repository:
             IntegrityError: if its ref is corrupt or was deleted, or its commit cannot be read
                 (the message says what is wrong and what to do).
         """
+        specimen_id = self.lookup(specimen_id)
         self._resolve_logged(specimen_id)
         runs = tuple(self.runs(specimen_id))
         if run is not None and run not in runs:
@@ -529,9 +578,19 @@ class Repository:
                                 f"newest first: {have})")
         shown = run if run is not None else (runs[0] if runs else None)
         info = self._show(run_specimen_id(specimen_id, shown) if shown else specimen_id)
-        return replace(info, runs=runs, run=shown)
+        shown_id = info.specimen_id
+        return replace(info, runs=runs, run=shown,
+                       labels=tuple(n for n, lb in labels(self).items()
+                                    if lb.specimen_id in (specimen_id, shown_id)),
+                       annotations=tuple(annotations(self, shown_id)))
 
     def _show(self, specimen_id: str) -> ShowInfo:
+        gone = retirements(self).get(specimen_id)
+        if gone is not None:
+            raise NotFoundError(
+                f"specimen {specimen_id} was retired on {gone.time} by {gone.author}: "
+                f"{gone.reason!r}{' (purged)' if gone.purge else ''}; `vault log --all` lists "
+                "retired specimens")
         digest = self._resolve_logged(specimen_id)
         commit = self._read_logged(digest, specimen_id)
         if not isinstance(commit, Commit):
@@ -550,15 +609,17 @@ class Repository:
         return ShowInfo(
             specimen_id, digest, commit, tuple(by_digest.get(p) for p in commit.parents),
             commit.logical_bytes, unique,
+            tensors=tuple(summarize_tree_tensors(self.objects, commit.tree)),
         )
 
     def _journal_entries(self) -> list[JournalEntry]:
-        """The journal's decodable lines: a damaged line (verify reports it) hides no other."""
+        """The journal's decodable ref lines (not events): a damaged line (verify reports
+        it) hides no other."""
         try:
             data = self.refs.journal.read_bytes()
         except FileNotFoundError:
             return []
-        return decodable(data)
+        return [e for e in decodable(data) if e.is_ref]
 
     def _resolve_logged(self, specimen_id: str) -> Digest:
         """:meth:`resolve` for log and show: a deleted or corrupt ref is damage, with its repair.
@@ -635,8 +696,11 @@ class Repository:
     def checkout(self, specimen_id: str, dest: str | os.PathLike[str]) -> Path:
         """Materialise a committed specimen's files into ``dest``, verifying every byte.
 
+        Annotations added after sealing, if any, are written beside the files as
+        ``annotations.md`` (``annotations.cas.md`` if the specimen has a file of that name).
+
         Args:
-            specimen_id: the specimen.
+            specimen_id: the specimen: an id or a commit digest prefix (:meth:`lookup`).
             dest: a directory that does not exist yet, or is empty.
 
         Returns:
@@ -647,7 +711,9 @@ class Repository:
             AlreadyExistsError: if ``dest`` exists and is not empty.
             ChecksumMismatch: if an object was altered (nothing is left at ``dest`` then).
         """
-        commit = self.get(specimen_id)
+        sid = self.lookup(specimen_id)
+        commit = self.get(sid)
+        notes = annotations(self, sid)
         dest = Path(dest).resolve()
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise AlreadyExistsError(f"{dest} exists and is not an empty directory; choose a new path")
@@ -659,6 +725,10 @@ class Repository:
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self._copy_verified(entry.digest, target)
+            if notes:
+                name = ANNOTATIONS_NAME if ANNOTATIONS_NAME not in commit.tree else \
+                    ANNOTATIONS_NAME.replace(".md", ".cas.md")
+                write_durable(tmp / name, render_annotations(notes).encode("utf-8"), sync=True)
             # Every name in the copied tree is durable before the tree gets its final name.
             fsync_many(Path(d) for d, _, _ in os.walk(tmp))
             if dest.exists():

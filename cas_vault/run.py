@@ -13,6 +13,12 @@ it was committed: each execution is a new run, and the commit seals it as a run 
 execution's new runs are moved to ``.cas/failed_runs/`` with the log (their tensors, which
 exist only as objects, are dropped from the working index), so no later commit seals them as if
 they had succeeded.
+
+When the code repository has uncommitted changes, their patch is written beside the log as
+``provenance/git.diff`` (:func:`cas_vault.provenance.keep_patch`): in a working directory before
+the protocol starts (replacing an earlier run's) and again after it ends, into the one new run
+after it in the runs layout. The commit seals it like any file, so ``git apply`` can reproduce
+the code.
 """
 
 from __future__ import annotations
@@ -35,18 +41,22 @@ from .errors import (
     NotFoundError,
     RunFailedError,
 )
-from .provenance import capture_environment
+from .provenance import capture, keep_patch
 from .seeding import SEEDS_FILE_ENV, read_seeds_file
-from .storage import is_runs_layout
+from .storage import STRATA_DIR, is_runs_layout
 from .workdir import PRIVATE_DIR, RUNS_DIR, WorkingIndex, check_writable, writing
 
 if TYPE_CHECKING:
     from .repository import Repository
 
-__all__ = ["LOG_NAME", "RUN_SPECIMEN_ENV", "RunResult", "failed_run_provenance", "run_protocol"]
+__all__ = ["LOG_NAME", "RUN_LOCK_PATH", "RUN_SPECIMEN_ENV", "RunResult", "failed_run_provenance",
+           "run_protocol"]
 
 #: The run's combined stdout/stderr, a file of the specimen.
 LOG_NAME = "run.log"
+#: flock(2) file, relative to the working directory, held exclusively by `vault run` while the
+#: protocol runs and commits.
+RUN_LOCK_PATH = f"{PRIVATE_DIR}/run.lock"
 #: Set for the protocol: the id of the specimen ``vault run`` will commit (the step-wise
 #: logger sees it and leaves committing to the runner).
 RUN_SPECIMEN_ENV = "CAS_VAULT_RUN_SPECIMEN"
@@ -137,7 +147,7 @@ def run_protocol(
     private = wd / PRIVATE_DIR
     private.mkdir(exist_ok=True)
     # One run per specimen at a time: two would interleave run.log and race to commit.
-    lock = FileLock(private / "run.lock", timeout=0.0)
+    lock = FileLock(wd / RUN_LOCK_PATH, timeout=0.0)
     try:
         lock.acquire()
     except LockTimeoutError:
@@ -156,7 +166,8 @@ def _run_locked(
     output: Callable[[bytes], None] | None, timeout: float | None,
     code_dir: str | os.PathLike[str] | None,
 ) -> RunResult:
-    environment = capture_environment(code_dir)
+    captured = capture(code_dir)
+    environment = captured.environment
     seeds_file = private / _SEEDS_NAME
     seeds_file.unlink(missing_ok=True)
     command = [sys.executable, "protocol.py", *args]
@@ -170,6 +181,13 @@ def _run_locked(
         "PYTHONUNBUFFERED": "1",
     }
     runs = is_runs_layout(wd)
+    failed = private / FAILED_RUN_NAME
+    if not runs:
+        # This run's patch replaces (or removes) an earlier run's before the protocol starts, and
+        # the earlier failure's provenance goes too: whatever this run leaves behind, even if it
+        # is interrupted, no commit pairs one run's record with another run's patch.
+        failed.unlink(missing_ok=True)
+        keep_patch(captured, wd)
     before = _run_dirs(wd) if runs else set()
     log_path = (private if runs else wd) / LOG_NAME
     log_rel: str | None = LOG_NAME
@@ -186,6 +204,13 @@ def _run_locked(
                 check_writable(wd, f"{RUNS_DIR}/{new_runs[0]}/{LOG_NAME}")
                 os.replace(log_path, target)
             log_path, log_rel = target, f"strata/{LOG_NAME}"
+    # The patch goes with the log: beside it in the working directory (written again, in case
+    # the protocol touched it), or into the one run (set aside with it if it failed).
+    if not runs:
+        environment = keep_patch(captured, wd)
+    else:
+        one = f"{RUNS_DIR}/{new_runs[0]}" if len(new_runs) == 1 else None
+        environment = keep_patch(captured, wd, one, STRATA_DIR)
     provenance = {
         **environment,
         "command": command[1:],
@@ -198,7 +223,6 @@ def _run_locked(
     if log_rel is not None:
         provenance["log"] = log_rel
     seeds_file.unlink(missing_ok=True)
-    failed = private / FAILED_RUN_NAME
     if status != 0:
         if runs:
             log_path = _set_aside(wd, private, new_runs, log_path)

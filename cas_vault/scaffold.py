@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .repository import Repository
 
 __all__ = ["FIELD_NOTES_TEMPLATE", "LAYOUTS", "PROTOCOL_TEMPLATE", "RUNS_PROTOCOL_TEMPLATE",
-           "new_specimen"]
+           "SCAFFOLD_FILES", "new_specimen", "scaffold_files"]
 
 PROTOCOL_TEMPLATE = '''"""Protocol for specimen {specimen_id}: {domain} / {method}.
 
@@ -111,6 +111,37 @@ FIELD_NOTES_TEMPLATE = """# Field notes: {specimen_id}
 """
 
 
+#: The files ``vault new`` writes into a working directory, besides its empty results directory.
+SCAFFOLD_FILES = (MANIFEST_NAME, "protocol.py", "field_notes.md")
+
+
+def scaffold_files(manifest: Mapping[str, Any]) -> dict[str, bytes]:
+    """The bytes ``vault new`` writes for a specimen with this manifest.
+
+    ``protocol.py`` and ``field_notes.md`` are the templates filled in with the manifest's
+    ``specimen_id``, ``domain``, ``method`` and ``created``; the protocol template is the runs
+    one when the manifest's ``layout`` is ``"runs"``.
+
+    Args:
+        manifest: the manifest map (as :func:`new_specimen` makes it, or as decoded from a
+            working directory's ``manifest.msgpack``).
+
+    Returns:
+        :data:`SCAFFOLD_FILES` -> bytes.
+
+    Raises:
+        KeyError: if one of the four fields is missing.
+        InvalidInputError: if the manifest cannot be stored as canonical msgpack.
+    """
+    fmt = {k: manifest[k] for k in ("specimen_id", "domain", "method", "created")}
+    template = RUNS_PROTOCOL_TEMPLATE if manifest.get("layout") == "runs" else PROTOCOL_TEMPLATE
+    return {
+        MANIFEST_NAME: canonical.packb(dict(manifest)),
+        "protocol.py": template.format(**fmt).encode(),
+        "field_notes.md": FIELD_NOTES_TEMPLATE.format(**fmt).encode(),
+    }
+
+
 def new_specimen(
     repo: Repository,
     specimen_id: str,
@@ -156,8 +187,7 @@ def new_specimen(
     if layout not in LAYOUTS:
         raise InvalidInputError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     parent_ids = [validate_id(p) for p in parents]
-    for p in parent_ids:
-        repo.resolve(p)
+    repo.resolve_parents(parent_ids)  # committed, live ones: fail before writing anything
     metadata = dict(metadata or {})
     canonical.packb(metadata)  # fail before writing if it cannot be stored
     repo.check_uncommitted(specimen_id, "choose a different id, e.g. with a _v2 suffix")
@@ -174,18 +204,12 @@ def new_specimen(
     }
     if layout == "runs":
         manifest["layout"] = "runs"
-    fmt = {"specimen_id": specimen_id, "domain": domain, "method": method, "created": created}
     # Build in a temp dir and rename, so a failed scaffold leaves nothing behind.
     tmp = repo.specimens_dir / f".{specimen_id}.{uuid.uuid4().hex}.tmp"
     tmp.mkdir(parents=True)
     try:
         (tmp / layout).mkdir()
-        template = RUNS_PROTOCOL_TEMPLATE if layout == "runs" else PROTOCOL_TEMPLATE
-        scaffold = {
-            MANIFEST_NAME: canonical.packb(manifest),
-            "protocol.py": template.format(**fmt).encode(),
-            "field_notes.md": FIELD_NOTES_TEMPLATE.format(**fmt).encode(),
-        }
+        scaffold = scaffold_files(manifest)
         for name, data in scaffold.items():
             write_durable(tmp / name, data, sync=False)
         # One concurrent round: the files and their directory are durable before the rename,

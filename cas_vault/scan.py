@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .objects import ObjectStore
 
 __all__ = [
-    "TEMP_DIRS", "ObjectScan", "TempItem", "find_temp", "scan_objects", "walk_tree",
+    "TEMP_DIRS", "ObjectScan", "TempItem", "find_temp", "scan_objects", "tree_size", "walk_tree",
 ]
 
 #: ``.<stem>.<pid>.<uuid hex>.tmp`` as :func:`~cas_vault.atomic.temp_path` names them: gc spares
@@ -66,14 +66,7 @@ def _temp_item(path: Path, is_dir: bool) -> TempItem | None:
         st = path.lstat()
     except FileNotFoundError:
         return None  # its writer finished (renamed or removed it) meanwhile
-    size = st.st_size if not is_dir else 0
-    if is_dir:
-        for dirpath, _, names in walk_tree(path):
-            for n in names:
-                try:
-                    size += os.lstat(os.path.join(dirpath, n)).st_size
-                except FileNotFoundError:
-                    pass
+    size = tree_size(path)[1] if is_dir else st.st_size
     m = _TEMP_PID_RE.match(path.name)
     return TempItem(path, is_dir, size, st.st_mtime, int(m.group(1)) if m else None)
 
@@ -118,6 +111,20 @@ def scan_objects(store: ObjectStore) -> ObjectScan:
 
 #: The vault directories where writes leave temp files (``objects/`` is scanned on its own).
 TEMP_DIRS = ("tmp", "refs", "locks", "specimens")
+
+
+def tree_size(top: Path) -> tuple[int, int]:
+    """``(files, bytes)`` below directory ``top`` (links counted as themselves; entries that
+    vanish meanwhile are skipped)."""
+    files = size = 0
+    for dirpath, _, names in walk_tree(top):
+        for n in names:
+            try:
+                size += os.lstat(os.path.join(dirpath, n)).st_size
+            except FileNotFoundError:
+                continue
+            files += 1
+    return files, size
 
 
 def find_temp(root: Path) -> list[TempItem]:

@@ -57,8 +57,8 @@ RUN_SHARED_FILES = ("protocol.py", "field_notes.md", MANIFEST_NAME)
 if TYPE_CHECKING:
     from .repository import Repository
 
-__all__ = ["AUTHOR_ENV", "BatchState", "RUN_SHARED_FILES", "after_commit", "batch", "commit",
-           "run_manifest"]
+__all__ = ["AUTHOR_ENV", "BatchState", "default_author", "RUN_SHARED_FILES", "after_commit", "batch",
+           "commit", "run_manifest", "unsealed_runs"]
 
 #: Environment variable naming the author of commits (default: the login name).
 AUTHOR_ENV = "CAS_VAULT_AUTHOR"
@@ -156,7 +156,7 @@ def commit(
     try:
         with sealing(wd, timeout=lock_timeout):
             own = repo.refs.get(specimen_id)
-            runs = _unsealed_runs(repo, specimen_id, wd)
+            runs = unsealed_runs(repo, specimen_id, wd)
             if own is not None and not runs:
                 repo.check_uncommitted(specimen_id, advice)
             if own is None:
@@ -202,12 +202,22 @@ def _in_run(run_id: str) -> Callable[[str], str | None]:
     return tree_path
 
 
-def _unsealed_runs(repo: Repository, specimen_id: str, wd: Path) -> list[tuple[str, str]]:
+def unsealed_runs(repo: Repository, specimen_id: str, wd: Path) -> list[tuple[str, str]]:
     """``(run id, id it is sealed as)`` of each run in ``wd`` that has files and no ref yet,
-    oldest first.
+    oldest first: the runs the next commit of ``specimen_id`` seals.
+
+    A run has files when a file lies below ``runs/<run_id>/`` or the working index names a
+    path there; a run directory made but never written to is not one.
+
+    Args:
+        repo: the repository (for its refs).
+        specimen_id: the specimen.
+        wd: its working directory.
 
     Raises:
-        InvalidInputError: for a run whose id cannot be part of a specimen id.
+        InvalidInputError: for a run whose id cannot be part of a specimen id, or a file
+            ``iter_files`` refuses (a symlink, ...).
+        IntegrityError: if the working index is damaged.
     """
     runs_dir = wd / RUNS_DIR
     if not runs_dir.is_dir():
@@ -308,7 +318,7 @@ def _seal(
             tree = dict(sorted(tree.items()))
             commit = Commit(
                 specimen_id=sealed_as, created=created,
-                author=author or os.environ.get(AUTHOR_ENV) or _login_name(),
+                author=author or default_author(),
                 message=message, manifest=manifest, parents=tuple(parent_digests), tree=tree,
             )
             digest = batch.add_bytes(commit.to_bytes())
@@ -455,6 +465,11 @@ def _unshare(wd: Path, paths: list[str]) -> None:
             os.unlink(wd / rel)
         except FileNotFoundError:
             pass
+
+
+def default_author() -> str:
+    """Who a commit or event is by: ``$CAS_VAULT_AUTHOR``, else the login name."""
+    return os.environ.get(AUTHOR_ENV) or _login_name()
 
 
 def _login_name() -> str:

@@ -12,6 +12,7 @@ from .storage import check_name
 
 if TYPE_CHECKING:
     from .repository import Repository
+    from .tensors import TensorSummary
 
 __all__ = ["CommittedSpecimen"]
 
@@ -66,6 +67,17 @@ class CommittedSpecimen:
         from .tensors import list_tree_tensors
 
         return list_tree_tensors(self.commit.tree)
+
+    def tensor_summaries(self) -> list[TensorSummary]:
+        """Every Zarr array of the specimen, wherever it is (``strata/``, ``runs/<run_id>/``).
+
+        Returns:
+            Dtype, shape, chunks, logical bytes (shape x item size), stored bytes and distinct
+            chunk objects of each, read from its metadata document alone (no chunk is read).
+        """
+        from .tensors import summarize_tree_tensors
+
+        return summarize_tree_tensors(self.vault.objects, self.commit.tree)
 
     def tensor(self, name: str, *, verify: bool = True) -> Any:
         """Open tensor ``name`` as a lazy, read-only ``zarr.Array`` over the object store.

@@ -24,6 +24,7 @@ docs/tensors.md.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -31,12 +32,13 @@ import sys
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import FileLock, fsync_dir, temp_path
 from .digest import Digest
-from .errors import InvalidInputError, NotFoundError
+from .errors import InvalidInputError, NotFoundError, VaultError
 from .workdir import PRIVATE_DIR, WorkingIndex, check_writable, writing
 
 if TYPE_CHECKING:
@@ -44,10 +46,12 @@ if TYPE_CHECKING:
     import zarr
     from tqdm import tqdm
 
+    from .commit import TreeEntry
     from .objects import ObjectStore
 
 __all__ = [
     "COMPRESSORS",
+    "TensorSummary",
     "TensorWriter",
     "ZSTD_LEVEL",
     "check_array",
@@ -59,6 +63,7 @@ __all__ = [
     "open_tree_tensor",
     "open_working_tensor",
     "resolve_chunks",
+    "summarize_tree_tensors",
     "tensor_prefix",
     "tensor_writer",
     "write_tensor",
@@ -318,6 +323,196 @@ def open_tree_tensor(
     prefix = tensor_prefix(name, results_dir)
     store = ObjectTreeStore(objects, entries, verify=verify, where=f"{prefix} of {where}")
     return zarr.open_array(store=store, mode="r")
+
+
+#: Files of a Zarr store that are metadata, not chunks (v3; v2 and its consolidated form).
+_METADATA_FILES = frozenset(("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"))
+
+
+@dataclass(frozen=True)
+class TensorSummary:
+    """One Zarr array of a commit, as its metadata document and its tree entries describe it.
+
+    Attributes:
+        path: tree path of the array directory, e.g. ``strata/acts.zarr``.
+        name: the directory's name without ``.zarr`` (the tensor name, e.g. ``acts``).
+        zarr_format: 3, or 2 for arrays imported from the seed's layout; None if unreadable.
+        dtype: the element type in numpy's spelling (``float32``), or the metadata's own
+            when numpy has no name for it.
+        shape: the array's shape.
+        chunks: the shape of one chunk (the regular chunk grid's).
+        codecs: what the bytes pass through after serialisation, e.g. ``("zstd",)``;
+            empty for raw little-endian chunks.
+        logical_bytes: product of the shape times the item size: the array's size in memory
+            (None when the item size is unknown).
+        stored_bytes: bytes of the distinct chunk objects (encoded, compressed): a chunk
+            repeated inside the array counts once, the metadata documents not at all.
+        files: files of the array in the tree (metadata and chunks).
+        chunk_files: chunk files in the tree (a chunk equal to the fill value may be absent).
+        chunk_objects: distinct objects among the chunk files.
+        grid_chunks: chunks of the full grid (None when shape or chunks are unknown).
+        error: why the metadata could not be read, else None; the fields read from it are
+            then None (or empty).
+    """
+
+    path: str
+    name: str
+    zarr_format: int | None
+    dtype: str | None
+    shape: tuple[int, ...] | None
+    chunks: tuple[int, ...] | None
+    codecs: tuple[str, ...]
+    logical_bytes: int | None
+    stored_bytes: int
+    files: int
+    chunk_files: int
+    chunk_objects: int
+    grid_chunks: int | None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (the ``tensors`` list of ``vault show --json``)."""
+        return {
+            "path": self.path, "name": self.name, "zarr_format": self.zarr_format,
+            "dtype": self.dtype, "shape": None if self.shape is None else list(self.shape),
+            "chunks": None if self.chunks is None else list(self.chunks),
+            "codecs": list(self.codecs), "logical_bytes": self.logical_bytes,
+            "stored_bytes": self.stored_bytes, "files": self.files,
+            "chunk_files": self.chunk_files, "chunk_objects": self.chunk_objects,
+            "grid_chunks": self.grid_chunks, "error": self.error,
+        }
+
+
+def summarize_tree_tensors(
+    objects: ObjectStore, tree: Mapping[str, TreeEntry],
+) -> list[TensorSummary]:
+    """Describe every Zarr array of a tree: dtype, shapes, logical and stored bytes.
+
+    An array is a directory holding ``zarr.json`` (v3, ``node_type`` array) or ``.zarray``
+    (v2) inside a ``*.zarr`` store, wherever it is: ``strata/<name>.zarr``,
+    ``runs/<run_id>/<name>.zarr`` or an imported layout. Only the metadata documents are
+    read, each through the object store (so verified); chunk objects are counted from the
+    tree, never read.
+
+    Args:
+        objects: the object store holding the tree's objects.
+        tree: relative path -> tree entry (a commit's tree).
+
+    Returns:
+        One summary per array, by path. An array whose metadata object is missing, altered or
+        not valid metadata gets a summary whose ``error`` says so: describing a specimen
+        never fails on one damaged array (``vault verify`` reports the damage).
+    """
+    found: dict[str, str] = {}
+    for path, entry in tree.items():
+        prefix, _, base = path.rpartition("/")
+        # v3 metadata wins over a stray v2 document in the same directory.
+        if entry.kind == "zarr" and base in ARRAY_METADATA and found.get(prefix) != "zarr.json":
+            found[prefix] = base
+    members: dict[str, list[tuple[str, TreeEntry]]] = {p: [] for p in found}
+    for path, entry in tree.items():
+        prefix = path.rpartition("/")[0]
+        # Chunk keys nest (c/0/0, or 0/0 in v2): walk up to the array directory.
+        while prefix and prefix not in members:
+            prefix = prefix.rpartition("/")[0]
+        if prefix:
+            members[prefix].append((path, entry))
+    out = []
+    for prefix in sorted(found):
+        meta = tree[f"{prefix}/{found[prefix]}"]
+        summary = _summarize_array(objects, prefix, meta, members[prefix],
+                                   v2=found[prefix] == ".zarray")
+        if summary is not None:
+            out.append(summary)
+    return out
+
+
+def _summarize_array(
+    objects: ObjectStore, prefix: str, meta: TreeEntry, entries: list[tuple[str, TreeEntry]],
+    *, v2: bool,
+) -> TensorSummary | None:
+    chunk_entries = [e for p, e in entries if p.rpartition("/")[2] not in _METADATA_FILES]
+    distinct = {e.digest: e.size for e in chunk_entries}
+    counted = {
+        "path": prefix, "name": prefix.rpartition("/")[2].removesuffix(".zarr"),
+        "stored_bytes": sum(distinct.values()), "files": len(entries),
+        "chunk_files": len(chunk_entries), "chunk_objects": len(distinct),
+    }
+    unknown: dict[str, Any] = {
+        "zarr_format": None, "dtype": None, "shape": None, "chunks": None, "codecs": (),
+        "logical_bytes": None, "grid_chunks": None,
+    }
+    try:
+        doc = json.loads(objects.get(meta.digest))
+    except VaultError as e:
+        return TensorSummary(**counted, **unknown, error=str(e))
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, or nested to no end
+        return TensorSummary(**counted, **unknown, error=f"metadata is not valid JSON: {e}")
+    if isinstance(doc, dict) and doc.get("node_type") == "group":
+        return None  # a v3 group: its arrays are listed on their own
+    try:
+        fields = (_read_v2 if v2 else _read_v3)(doc)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        why = f"metadata is not a Zarr array document ({type(e).__name__}: {e})"
+        return TensorSummary(**counted, **unknown, error=why)
+    return TensorSummary(**counted, **fields)
+
+
+def _read_v3(doc: dict[str, Any]) -> dict[str, Any]:
+    shape = _dims(doc["shape"])
+    grid = doc["chunk_grid"]
+    chunks = _dims(grid["configuration"]["chunk_shape"]) if grid.get("name") == "regular" else None
+    data_type = doc["data_type"]
+    # Zarr 3.1 spells parametric types as {"name": ..., "configuration": ...}.
+    name = data_type["name"] if isinstance(data_type, dict) else str(data_type)
+    dtype, itemsize = _numpy_dtype(name)
+    codecs = tuple(str(c["name"]) if isinstance(c, dict) else str(c) for c in doc.get("codecs", ())
+                   if not (isinstance(c, dict) and c.get("name") == "bytes"))
+    return _shaped(3, dtype or name, itemsize, shape, chunks, codecs)
+
+
+def _read_v2(doc: dict[str, Any]) -> dict[str, Any]:
+    shape = _dims(doc["shape"])
+    chunks = _dims(doc["chunks"])
+    raw = doc["dtype"]
+    dtype, itemsize = _numpy_dtype(raw)
+    codecs = tuple(str(f.get("id")) for f in doc.get("filters") or ())
+    if doc.get("compressor"):
+        codecs += (str(doc["compressor"].get("id")),)
+    return _shaped(2, dtype or str(raw), itemsize, shape, chunks, codecs)
+
+
+def _dims(value: Any) -> tuple[int, ...]:
+    """A shape from metadata; anything but a list of non-negative integers is refused."""
+    if not isinstance(value, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
+        raise ValueError(f"{str(value)[:80]} is not a shape")
+    return tuple(value)
+
+
+def _numpy_dtype(spelled: Any) -> tuple[str | None, int | None]:
+    """numpy's name and item size for a metadata dtype, or (None, None) if numpy has none."""
+    import numpy as np
+
+    try:
+        dt = np.dtype(spelled)
+    except (TypeError, ValueError):
+        return None, None
+    return dt.name if dt.fields is None else str(dt), dt.itemsize
+
+
+def _shaped(
+    zarr_format: int, dtype: str, itemsize: int | None, shape: tuple[int, ...],
+    chunks: tuple[int, ...] | None, codecs: tuple[str, ...],
+) -> dict[str, Any]:
+    grid = None
+    if chunks is not None and len(chunks) == len(shape) and all(c > 0 for c in chunks):
+        grid = math.prod(-(-n // c) for n, c in zip(shape, chunks))
+    return {
+        "zarr_format": zarr_format, "dtype": dtype, "shape": shape, "chunks": chunks,
+        "codecs": codecs, "grid_chunks": grid,
+        "logical_bytes": None if itemsize is None else math.prod(shape) * itemsize,
+    }
 
 
 def open_working_tensor(

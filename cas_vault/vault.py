@@ -22,7 +22,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import catalog, diff, gc, legacy, logger, notes, plot, query, run, verify
+from . import (
+    annotations, catalog, diff, gc, labels, legacy, logger, notes, plot, query, remove, run, status,
+    verify,
+)
 from .gc import DEFAULT_GRACE, DEFAULT_TEMP_AGE
 from .engines.spectroscopy import engine as spectroscopy
 from .repository import Repository
@@ -30,15 +33,19 @@ from .repository import Repository
 if TYPE_CHECKING:
     import polars as pl
 
+    from .annotations import Annotation
     from .catalog import IndexResult
     from .diff import SpecimenDiff
     from .engines.spectroscopy.engine import SpectroscopyResult, StoredSpectrum
     from .gc import GcReport
     from .journal import JournalTip
+    from .labels import Label
     from .legacy import ImportReport
     from .logger import SpecimenLogger
     from .plot import PlotResult
+    from .remove import Removal
     from .run import RunResult
+    from .status import StatusReport
     from .verify import VerifyReport
 
 __all__ = ["Vault"]
@@ -129,6 +136,32 @@ class Vault(Repository):
         """
         return gc.gc(self, grace=grace, dry_run=dry_run, temp_age=temp_age)
 
+    # -- working directories: status and rm ----------------------------------------------
+    def status(self) -> StatusReport:
+        """What is not sealed yet, what is in progress, and the catalog's freshness.
+
+        See :func:`cas_vault.status.status`; writes nothing.
+
+        Returns:
+            The report (``report.to_dict()`` is the ``vault status --json`` form).
+        """
+        return status.status(self)
+
+    def rm(self, specimen_id: str) -> Removal:
+        """Remove an uncommitted specimen's working directory, without asking.
+
+        See :func:`cas_vault.remove.remove_specimen`; the objects it staged become garbage for
+        :meth:`gc`.
+
+        Returns:
+            What was removed.
+
+        Raises:
+            ImmutableError: the specimen is committed. NotFoundError: no such working
+            directory. LockTimeoutError: a run, writer, commit or log is busy with it.
+        """
+        return remove.remove_specimen(self, specimen_id)
+
     # -- engines -------------------------------------------------------------------------
     def spectroscopy(self, activations_id: str, sae: Any, **kwargs: Any) -> SpectroscopyResult:
         """SAE spectroscopy of a committed activations tensor, committed as a derived specimen.
@@ -212,6 +245,23 @@ class Vault(Repository):
         return plot.plot_metric(self, metric, specimen_ids, where=where, output=output,
                                 log_y=log_y)
 
+    def annotate(self, specimen_id: str, text: str) -> Annotation:
+        """Add a note to a sealed specimen without changing it (journaled, append-only).
+
+        Raises:
+            NotFoundError: the specimen is not committed (use :meth:`note`).
+            InvalidInputError: empty or oversized text.
+        """
+        return annotations.annotate(self, self.lookup(specimen_id), text)
+
+    def label(self, name: str, specimen_id: str) -> Label:
+        """Point label ``name`` at a committed specimen (journaled; ``@name`` then names it).
+
+        Raises:
+            NotFoundError: the specimen is not committed. InvalidInputError: a bad name.
+        """
+        return labels.set_label(self, name, specimen_id)
+
     def note(self, specimen_id: str, text: str) -> Path:
         """Append a timestamped entry to an uncommitted specimen's ``field_notes.md``.
 
@@ -219,7 +269,7 @@ class Vault(Repository):
             The notes file.
 
         Raises:
-            ImmutableError: the specimen is committed (notes go into a new specimen).
+            ImmutableError: the specimen is committed (its notebook is sealed: :meth:`annotate`).
             NotFoundError: no such specimen. InvalidInputError: empty text.
         """
         return notes.append_note(self, specimen_id, text)

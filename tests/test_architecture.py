@@ -19,9 +19,11 @@ LAYERS: list[set[str]] = [
     {"errors", "digest", "canonical", "atomic", "ids", "taxonomy", "hooks"},
     {"store", "objects", "commit", "journal", "refs", "findings", "scan"},
     {"workdir", "tensors", "zarrstore", "storage"},
-    {"reachability", "scaffold", "seal", "specimen", "repository"},
+    {"scaffold", "seal", "events", "labels", "annotations", "retirement", "reachability",
+     "specimen",
+     "names", "repository"},
     {"catalog", "query", "graph", "verify", "gc", "provenance", "seeding", "run", "logger",
-     "legacy", "diff", "plot", "notes", "engines", "examples"},
+     "legacy", "diff", "plot", "notes", "engines", "examples", "status", "remove"},
     {"vault", "demo", "cli", "__main__"},
 ]
 

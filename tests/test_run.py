@@ -178,7 +178,7 @@ def test_seed_everything_rejects_bad_seeds() -> None:
 
 
 # -- notes -------------------------------------------------------------------------------------
-def test_note_appends_timestamped_entries_then_refuses_after_commit(vault: Vault) -> None:
+def test_note_appends_timestamped_entries_then_annotates_after_commit(vault: Vault) -> None:
     wd = vault.new("n1", domain="training", method="fine_tuning")
     before = (wd / "field_notes.md").read_text()
     r = invoke("--vault", str(vault.root), "note", "n1", "loss plateaus at 0.3")
@@ -190,10 +190,12 @@ def test_note_appends_timestamped_entries_then_refuses_after_commit(vault: Vault
     assert entries.index("loss plateaus at 0.3") < entries.index("second entry")
     assert entries.count("### ") == 2 and "Z\n" in entries
     vault.commit("n1")
+    with pytest.raises(ImmutableError, match="annotate"):  # the sealed notebook stays sealed
+        vault.note("n1", "too late")
     r = invoke("--vault", str(vault.root), "note", "n1", "too late")
-    assert r.exit_code == 2, r.output
-    assert "new specimen" in r.output and "--parent n1" in r.output
+    assert r.exit_code == 0 and "Annotated n1" in r.output  # an annotation instead
     assert "too late" not in vault.specimen("n1").read_bytes("field_notes.md").decode()
+    assert [a.text for a in vault.show("n1").annotations] == ["too late"]
     r = invoke("--vault", str(vault.root), "note", "n1", "   ")
     assert r.exit_code == 2, r.output
     r = invoke("--vault", str(vault.root), "note", "missing", "text")

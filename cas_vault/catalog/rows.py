@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .. import canonical
 from ..commit import Commit
 from ..errors import VaultError
+from ..events import decode_event
 from ..journal import JournalEntry
 from .schema import CATALOG_COLUMNS, add_row, catalog_schema, insert, string_schema
 
@@ -30,10 +31,15 @@ if TYPE_CHECKING:
     from ..repository import Repository
 
 __all__ = [
-    "RUN_CONFIG_KEYS", "CommitRows", "build_rows", "experiment_time", "insert_rows",
+    "RUN_CONFIG_KEYS", "CommitRows", "build_rows", "experiment_time", "insert_events",
+    "insert_rows",
     "parse_any_time", "parse_run_id_time",
 ]
 
+#: The rows a retired specimen leaves: (table, column naming the specimen).
+RETIRED_LEAVE = (("catalog", "specimen_id"), ("objects", "specimen_id"), ("metrics", "specimen_id"),
+                 ("_metric_writers", "specimen_id"), ("catalog_problems", "specimen_id"),
+                 ("lineage", "child"))
 #: Keys of a run's own manifest that hold its config, in the order they are looked for.
 RUN_CONFIG_KEYS = ("config", "configuration")
 _RUN_ID_TIME = re.compile(r"\A\d{8}_\d{6}(_\d+)?\Z")
@@ -119,6 +125,45 @@ def build_rows(
             if name is not None and t.digest not in skip:
                 parquet.append((e.specimen_id, name, t.digest))
     return CommitRows(cat, lin, obj, parquet)
+
+
+def insert_events(conn: duckdb.DuckDBPyConnection, vault: Repository,
+                  entries: Iterable[JournalEntry]) -> None:
+    """Apply these journal event lines: ``label_moves`` and ``notes`` rows, and retirements.
+
+    A retired specimen leaves ``catalog``, ``objects``, ``metrics`` and ``lineage`` (as a child:
+    a live child still names it as its parent) and gets a ``retired`` row. An event whose object
+    cannot be read is left out (``vault verify`` reports it).
+    """
+    moves: list[tuple[Any, ...]] = []
+    notes: list[tuple[Any, ...]] = []
+    retired: list[tuple[Any, ...]] = []
+    for e in entries:
+        try:
+            ev = decode_event(vault.objects.get(e.commit), e)
+        except VaultError:
+            continue
+        when = _parse_time(ev.time)
+        if ev.kind == "label":
+            moves.append((ev.fields.get("name"), ev.subject, ev.fields.get("commit"), when,
+                           ev.author, ev.seq))
+        elif ev.kind == "note":
+            notes.append((ev.subject, ev.fields.get("commit"), when, ev.author,
+                           ev.fields.get("text"), ev.seq))
+        elif ev.kind == "retire":
+            retired.append((ev.subject, ev.fields.get("commit"), ev.fields.get("reason"),
+                            ev.fields.get("purge") is True, when, ev.author, ev.seq))
+    if moves:
+        conn.executemany("INSERT INTO label_moves VALUES (?, ?, ?, ?, ?, ?)", moves)
+    if notes:
+        conn.executemany("INSERT INTO notes VALUES (?, ?, ?, ?, ?, ?)", notes)
+    for row in retired:
+        if conn.execute("SELECT count(*) FROM retired WHERE specimen_id = ?",
+                        [row[0]]).fetchone()[0]:
+            continue  # retired twice by hand: the first counts (cas_vault.retirement)
+        for table, column in RETIRED_LEAVE:
+            conn.execute(f"DELETE FROM {table} WHERE {column} = ?", [row[0]])
+        conn.execute("INSERT INTO retired VALUES (?, ?, ?, ?, ?, ?, ?)", list(row))
 
 
 def insert_rows(conn: duckdb.DuckDBPyConnection, rows: CommitRows) -> None:

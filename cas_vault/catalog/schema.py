@@ -32,9 +32,10 @@ __all__ = [
 ]
 
 #: Version of the catalog's tables; a catalog with another version is rebuilt.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Tables a user can query.
-CATALOG_TABLES = ("catalog", "runs", "lineage", "objects", "metrics", "catalog_problems")
+CATALOG_TABLES = ("catalog", "runs", "lineage", "objects", "metrics", "labels", "label_moves",
+                  "notes", "retired", "catalog_problems")
 #: Columns of ``metrics`` that are not metric columns.
 METRIC_KEY_COLUMNS = ("specimen_id", "file")
 
@@ -47,6 +48,16 @@ CREATE TABLE catalog(
     tags VARCHAR[], status VARCHAR, commit VARCHAR, parents VARCHAR[], message VARCHAR,
     author VARCHAR, logical_bytes BIGINT, unique_bytes BIGINT, seq BIGINT, files INTEGER,
     metadata JSON, config JSON, committed TIMESTAMP, run_of VARCHAR, run_id VARCHAR);
+CREATE TABLE label_moves(
+    name VARCHAR, specimen_id VARCHAR, commit VARCHAR, time TIMESTAMP, author VARCHAR, seq BIGINT);
+CREATE VIEW labels AS
+    SELECT name, specimen_id, commit, time, author FROM label_moves
+    QUALIFY row_number() OVER (PARTITION BY name ORDER BY seq DESC) = 1;
+CREATE TABLE retired(
+    specimen_id VARCHAR, commit VARCHAR, reason VARCHAR, purge BOOLEAN, time TIMESTAMP,
+    author VARCHAR, seq BIGINT);
+CREATE TABLE notes(
+    specimen_id VARCHAR, commit VARCHAR, time TIMESTAMP, author VARCHAR, text VARCHAR, seq BIGINT);
 CREATE VIEW runs AS
     SELECT run_of AS specimen_id, run_id, specimen_id AS run_specimen_id, commit, created,
            committed, config
@@ -74,7 +85,8 @@ CREATE MACRO descendants(sid) AS TABLE
 """
 DROP = """
 DROP MACRO TABLE IF EXISTS ancestors; DROP MACRO TABLE IF EXISTS descendants;
-DROP VIEW IF EXISTS runs;
+DROP VIEW IF EXISTS runs; DROP VIEW IF EXISTS labels;
+DROP TABLE IF EXISTS label_moves; DROP TABLE IF EXISTS notes; DROP TABLE IF EXISTS retired;
 DROP TABLE IF EXISTS _state; DROP TABLE IF EXISTS catalog; DROP TABLE IF EXISTS lineage;
 DROP TABLE IF EXISTS objects; DROP TABLE IF EXISTS metrics; DROP TABLE IF EXISTS _metric_writers;
 DROP TABLE IF EXISTS catalog_problems;

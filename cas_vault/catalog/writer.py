@@ -35,7 +35,7 @@ from ..errors import IntegrityError, JournalRolledBackError, VaultError
 from ..journal import JournalEntry, JournalTip, rollback
 from .connection import connect_writer
 from .metrics import BadParquet, MetricsCache, MetricsLoader
-from .rows import build_rows, insert_rows
+from .rows import build_rows, insert_events, insert_rows
 from .schema import DDL, DROP, SCHEMA_VERSION, CatalogProblem, read_problems
 from .stale import STALE_MARKER, mark_stale, vault_created
 
@@ -439,9 +439,14 @@ class CatalogWriter:
     ) -> None:
         if not pending:
             return
-        rows = build_rows(self.vault, [p.entry for p in pending], known, skip, seen)
-        insert_rows(conn, rows)
-        MetricsLoader(self.vault, self._cache.metrics).index(conn, rows.metrics_files, grouped)
+        refs = [p.entry for p in pending if p.entry.is_ref]
+        if refs:
+            rows = build_rows(self.vault, refs, known, skip, seen)
+            insert_rows(conn, rows)
+            MetricsLoader(self.vault, self._cache.metrics).index(conn, rows.metrics_files, grouped)
+        # After the commits: an event is always journaled after the commit it is about (a
+        # retirement removes rows the same update may have just added).
+        insert_events(conn, self.vault, [p.entry for p in pending if not p.entry.is_ref])
 
     def problems(self) -> tuple[CatalogProblem, ...]:
         """Every row of ``catalog_problems`` (on the open connection; empty if there is none)."""

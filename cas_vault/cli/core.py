@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..digest import is_digest
 from ..errors import IntegrityError
+from .completion import SPECIMEN_ID
 from .main import cli, echo_json, human_bytes, open_vault, vault_option
 from .interrupt import watch_seal
+from .render import MORE, map_lines, summary_rows
 from .text import escape
 
 if TYPE_CHECKING:
     from ..commit import TreeEntry
     from ..repository import LogEntry
     from ..findings import Finding
+    from ..tensors import TensorSummary
 
 
 def _split_tags(value: str | None) -> list[str]:
@@ -45,7 +49,8 @@ def init(path: str) -> None:
 @click.option("--method", required=True, help="Method valid for the domain, e.g. sae_analysis.")
 @click.option("--tags", default=None, help="Comma-separated tags, e.g. gpt2,layer_12.")
 @click.option("--model", default=None, help="Model studied, e.g. gpt2-small.")
-@click.option("--parent", "parents", multiple=True, help="Committed specimen this derives from (repeatable).")
+@click.option("--parent", "parents", multiple=True, type=SPECIMEN_ID,
+              help="Committed specimen this derives from: id or commit digest prefix (repeatable).")
 @click.option("--layout", type=click.Choice(["strata", "runs"]), default="strata", show_default=True,
               help="strata: results in strata/; runs: one runs/RUN_ID/ per execution of the protocol.")
 @vault_option
@@ -64,15 +69,16 @@ def new(specimen_id: str, domain: str, method: str, tags: str | None, model: str
     """
     v = open_vault(vault_path)
     path = v.new(specimen_id, domain=domain, method=method, tags=_split_tags(tags), model=model,
-                 parents=list(parents), layout=layout)
+                 parents=[v.lookup(p) for p in parents], layout=layout)
     click.echo(f"Created {path}")
     click.echo(f"Next: edit {path / 'protocol.py'}, run it, then `vault commit {specimen_id} -m MSG`")
 
 
 @cli.command()
-@click.argument("specimen_id")
+@click.argument("specimen_id", type=SPECIMEN_ID)
 @click.option("-m", "--message", default="", help="Commit message.")
-@click.option("--parent", "parents", multiple=True, help="Extra parent specimen (repeatable).")
+@click.option("--parent", "parents", multiple=True, type=SPECIMEN_ID,
+              help="Extra parent specimen: id, commit digest or its prefix (repeatable).")
 @click.option("--partial", is_flag=True,
               help="Seal a crashed run: assemble its unfinished step-wise logs, flag it partial.")
 @vault_option
@@ -93,7 +99,9 @@ def commit(specimen_id: str, message: str, parents: tuple[str, ...], partial: bo
 
     v = open_vault(vault_path)
     watch_seal(v, specimen_id)
-    made = seal(v, specimen_id, message=message, parents=list(parents), partial=partial)
+    # A whole digest goes through as it is: any commit of the vault may be a parent.
+    made = seal(v, specimen_id, message=message, partial=partial,
+                parents=[p if is_digest(p) else v.lookup(p) for p in parents])
     for c in made:
         if c.manifest.run is not None:
             click.echo(f"sealed run {escape(c.manifest.run[1])} as {c.specimen_id}", err=True)
@@ -101,13 +109,17 @@ def commit(specimen_id: str, message: str, parents: tuple[str, ...], partial: bo
 
 
 @cli.command()
-@click.argument("specimen_id", required=False)
+@click.argument("specimen_id", required=False, type=SPECIMEN_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list (stable format).")
 @click.option("--graph", is_flag=True, help="Draw the lineage DAG (child above its parents).")
+@click.option("--all", "show_all", is_flag=True,
+              help="Include retired specimens, with who retired them, when and why.")
 @vault_option
-def log(specimen_id: str | None, as_json: bool, graph: bool, vault_path: str | None) -> None:
+def log(specimen_id: str | None, as_json: bool, graph: bool, show_all: bool,
+        vault_path: str | None) -> None:
     """List committed specimens, newest first; with SPECIMEN_ID, its lineage.
 
+    Retired specimens are left out; --all lists them too, with who retired them, when and why.
     A commit that cannot be read is listed as damaged after the others (with --json: an entry
     whose "error" says what is wrong) and the exit status is 1; `vault verify` tells the rest.
 
@@ -116,12 +128,32 @@ def log(specimen_id: str | None, as_json: bool, graph: bool, vault_path: str | N
       vault log
       vault log 2024_12_19_derived --json
       vault log --graph
+      vault log --all
     """
     if as_json and graph:
         raise click.UsageError("choose one of --json and --graph")
+    from ..retirement import retirements
+
     v = open_vault(vault_path)
     damage: list[Finding] = []
-    entries = v.log(specimen_id, on_damage=damage.append)
+    entries = v.log(specimen_id, on_damage=damage.append, include_retired=show_all)
+    retired = retirements(v) if show_all else {}
+    if retired and as_json:
+        echo_json([{**e.to_dict(), "error": None, "error_kind": None,
+                    "retired": retired[e.specimen_id].to_dict() if e.specimen_id in retired
+                    else None} for e in entries]
+                  + [{"specimen_id": r.specimen_id, "commit": r.commit, "error": None,
+                      "error_kind": None, "retired": r.to_dict()}
+                     for sid, r in sorted(retired.items())
+                     if sid not in {e.specimen_id for e in entries}]
+                  + [_damaged_json(f) for f in damage])
+        return
+    if retired and not graph:
+        for sid, r in sorted(retired.items(), key=lambda kv: kv[1].seq, reverse=True):
+            click.echo(click.style(f"retired {sid}", fg="magenta")
+                       + f"  {escape(r.time)} by {escape(r.author)}"
+                       + ("  (purged)" if r.purge else ""))
+            click.echo(f"    {escape(r.reason)}\n")
     if graph:
         from ..graph import render_graph
 
@@ -155,6 +187,8 @@ def _echo_entry(e: LogEntry) -> None:
     m = c.manifest
     click.echo(click.style(f"commit {e.digest}", fg="yellow"))
     click.echo(f"Specimen: {e.specimen_id}")
+    if e.labels:
+        click.echo(f"Labels:   {' '.join('@' + n for n in e.labels)}")
     click.echo(f"Date:     {escape(c.created)}")
     click.echo(f"Author:   {escape(c.author)}")
     tags = ",".join(m.tags)
@@ -186,13 +220,21 @@ def _damaged_json(f: Finding) -> dict[str, Any]:
 
 
 @cli.command()
-@click.argument("specimen_id")
+@click.argument("specimen_id", type=SPECIMEN_ID)
 @click.option("--run", "run_id", default=None, metavar="RUN_ID",
               help="Show this run of the specimen (default: its newest run, if it has runs).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (stable format).")
+@click.option("--files", "all_files", is_flag=True,
+              help="List every file (default: a summary by directory when there are many).")
 @vault_option
-def show(specimen_id: str, run_id: str | None, as_json: bool, vault_path: str | None) -> None:
-    """Show a committed specimen: manifest, files, digests, sizes, parents, bytes.
+def show(specimen_id: str, run_id: str | None, as_json: bool, all_files: bool,
+         vault_path: str | None) -> None:
+    """Show a committed specimen: manifest, metadata, tensors, files, parents, bytes.
+
+    Metadata (provenance included) is shown field by field, long values cut with
+    "… (N more)". Each tensor gets one line: dtype, shape, chunks, codecs, logical size
+    (shape x item size), stored bytes and chunk objects. More than 20 file lines are
+    summarized by directory; --files lists every file, --json prints everything.
 
     A specimen whose protocol ran several times is shown by its newest sealed run, with the
     number of runs and their ids; --run shows another.
@@ -200,6 +242,7 @@ def show(specimen_id: str, run_id: str | None, as_json: bool, vault_path: str | 
     \b
     Examples:
       vault show example_synthetic_demo
+      vault show example_synthetic_demo --files
       vault show 2024_12_19_sweep --run 20241219_143000
     """
     v = open_vault(vault_path)
@@ -225,13 +268,27 @@ def show(specimen_id: str, run_id: str | None, as_json: bool, vault_path: str | 
                + (f"    model {escape(m.model)}" if m.model else ""))
     if m.tags:
         click.echo(f"tags      {escape(', '.join(m.tags))}")
+    if info.labels:
+        click.echo(f"labels    {' '.join('@' + n for n in info.labels)}")
     for d, sid in zip(c.parents, info.parent_ids):
         click.echo(f"parent    {sid or '?'}  {d}")
+    for a in info.annotations:
+        text = escape(a.text, keep_newlines=True).replace("\n", "\n" + " " * 12)
+        click.echo(f"note      {escape(a.time)} by {escape(a.author)}\n            {text}")
     if m.metadata:
-        click.echo(f"metadata  {escape(', '.join(sorted(m.metadata)))}")
+        click.echo("metadata")
+        for line in map_lines(m.metadata):
+            click.echo(f"  {line}")
     click.echo(f"bytes     {human_bytes(info.logical_bytes)} logical, {human_bytes(info.unique_bytes)} new unique")
-    click.echo(f"files     {len(c.tree)}")
-    rows = [(escape(label), kind, size, note) for label, kind, size, note in _show_rows(c.tree)]
+    if info.tensors:
+        click.echo(f"tensors   {len(info.tensors)}  (logical: shape x item size; stored: "
+                   "distinct chunk objects)")
+        for line in _tensor_lines(info.tensors):
+            click.echo(f"  {line}")
+    rows = _show_rows(c.tree, every=all_files)
+    click.echo(f"files     {len(c.tree):,}" + ("" if all_files or len(rows) == len(c.tree) else
+                                               f"  ({len(rows)} lines; --files lists every file)"))
+    rows = [(escape(label), kind, size, note) for label, kind, size, note in rows]
     width = max((len(r[0]) for r in rows), default=0)
     for label, kind, size, note in rows:
         click.echo(f"  {label:<{width}}  {kind:<7}  {size:>12,}  {note}")
@@ -239,10 +296,27 @@ def show(specimen_id: str, run_id: str | None, as_json: bool, vault_path: str | 
 
 #: A Zarr array with more files than this is listed as one line (`--json` lists every file).
 _ZARR_LISTED_FILES = 8
+#: More file rows than this and `vault show` summarizes them by directory (`--files`: all).
+_SHOWN_FILE_ROWS = 20
+#: Tensors listed one per line; the rest are counted (`--json` has them all).
+_SHOWN_TENSORS = 50
 
 
-def _show_rows(tree: Mapping[str, TreeEntry]) -> list[tuple[str, str, int, str]]:
-    """Rows of `vault show`: one per file, but one per large Zarr array (its chunks summed)."""
+def _show_rows(tree: Mapping[str, TreeEntry], *, every: bool = False,
+               ) -> list[tuple[str, str, int, str]]:
+    """Rows of `vault show`: one per file, but one per large Zarr array (its chunks summed).
+
+    Args:
+        tree: the commit's tree.
+        every: one row per file, however many (``--files``).
+
+    Returns:
+        ``(path, kind, bytes, note)`` rows, paths not escaped. When there would be more than
+        :data:`_SHOWN_FILE_ROWS`, a summary instead: every Zarr store one row and crowded
+        directories folded into one row each (:func:`~cas_vault.cli.render.summary_rows`).
+    """
+    if every:
+        return [(path, e.kind, e.size, e.digest[:16]) for path, e in tree.items()]
     arrays: dict[str, list[TreeEntry]] = {}
     for path, e in tree.items():
         if e.kind == "zarr" and ".zarr/" in path:
@@ -257,11 +331,42 @@ def _show_rows(tree: Mapping[str, TreeEntry]) -> list[tuple[str, str, int, str]]
             files = arrays[prefix]
             rows.append((prefix, "zarr", sum(f.size for f in files),
                          f"{len(files)} files, {len({f.digest for f in files})} distinct"))
-    return rows
+    return rows if len(rows) <= _SHOWN_FILE_ROWS else summary_rows(tree, _SHOWN_FILE_ROWS)
+
+
+def _tensor_lines(tensors: Sequence[TensorSummary]) -> list[str]:
+    """One aligned line per tensor: dtype, shape, chunks, codecs, logical and stored bytes."""
+    def size(n: int | None) -> str:
+        if n is None:
+            return "?"
+        return f"{n:,} B" if n < 1024 else f"{human_bytes(n)} ({n:,} B)"
+
+    table = []
+    for t in tensors[:_SHOWN_TENSORS]:
+        if t.error is not None:
+            table.append([escape(t.path), f"metadata unreadable: {escape(t.error)}"])
+            continue
+        shape = "?" if t.shape is None else str(t.shape)
+        chunks = "?" if t.chunks is None else str(t.chunks)
+        held = (f"{t.chunk_files:,} chunk{'s' * (t.chunk_files != 1)}"
+                if t.grid_chunks is None or t.grid_chunks == t.chunk_files
+                else f"{t.chunk_files:,} of {t.grid_chunks:,} chunks")
+        table.append([
+            escape(t.path), escape(t.dtype or "?"), shape, f"chunks {chunks}",
+            escape(",".join(t.codecs)) or "raw", f"logical {size(t.logical_bytes)}",
+            f"stored {size(t.stored_bytes)}",
+            f"{held} in {t.chunk_objects:,} object{'s' * (t.chunk_objects != 1)}",
+        ])
+    widths = [max((len(r[i]) for r in table if len(r) > i + 1), default=0) for i in range(8)]
+    lines = ["  ".join(cell.ljust(widths[i]) if i + 1 < len(row) else cell
+                       for i, cell in enumerate(row)) for row in table]
+    if len(tensors) > _SHOWN_TENSORS:
+        lines.append(f"{MORE} ({len(tensors) - _SHOWN_TENSORS:,} more; --json lists all)")
+    return lines
 
 
 @cli.command()
-@click.argument("specimen_id")
+@click.argument("specimen_id", type=SPECIMEN_ID)
 @click.argument("dest", type=click.Path(file_okay=False))
 @vault_option
 def checkout(specimen_id: str, dest: str, vault_path: str | None) -> None:
@@ -272,6 +377,7 @@ def checkout(specimen_id: str, dest: str, vault_path: str | None) -> None:
       vault checkout example_synthetic_demo /tmp/demo-copy
     """
     v = open_vault(vault_path)
+    specimen_id = v.lookup(specimen_id)
     out = v.checkout(specimen_id, dest)
     click.echo(f"Checked out {specimen_id} to {out}")
 

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
+from .completion import SPECIMEN_ID
 from .main import cli, open_vault, vault_option
 
 
 @cli.command()
-@click.argument("activations_id")
-@click.option("--sae", "sae_id", default=None, help="Committed SAE specimen (tensors W_enc, b_enc, W_dec, b_dec[, threshold]).")
+@click.argument("activations_id", type=SPECIMEN_ID)
+@click.option("--sae", "sae_id", default=None, type=SPECIMEN_ID, metavar="SAE_ID", help="Committed SAE specimen (tensors W_enc, b_enc, W_dec, b_dec[, threshold]).")
 @click.option("--sae-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SAE weights in a .npz or .safetensors file instead of a specimen.")
 @click.option("--tensor", default="activations", show_default=True, help="Activations tensor in ACTIVATIONS_ID.")
@@ -68,7 +69,9 @@ def spectroscopy(activations_id: str, sae_id: str | None, sae_file: Path | None,
     given = [s for s in (sae_id, sae_file) if s is not None]
     if len(given) != 1:
         raise click.UsageError("give exactly one of --sae SAE_ID or --sae-file PATH")
-    sae = sae_file if sae_file is not None else sae_id
+    v = open_vault(vault_path)
+    activations_id = v.lookup(activations_id)
+    sae = v.lookup(sae_id) if sae_id is not None else sae_file
     options = SpectroscopyOptions(
         keep_bos=keep_bos, min_activation=min_activation, min_activation_rel=min_activation_rel,
         top_k=top_k, absorption_threshold=absorption_threshold, absorption_rel=absorption_rel,
@@ -76,7 +79,7 @@ def spectroscopy(activations_id: str, sae_id: str | None, sae_file: Path | None,
         chunk_tokens=chunk_tokens,
     )
     result = run_spectroscopy(
-        open_vault(vault_path), activations_id, sae=sae, tensor=tensor, new_id=new_id,
+        v, activations_id, sae=sae, tensor=tensor, new_id=new_id,
         pairs=pairs, options=options, scheduler=dask_scheduler or ("dask" if use_dask else None),
         message=message,
     )
@@ -84,7 +87,7 @@ def spectroscopy(activations_id: str, sae_id: str | None, sae_file: Path | None,
 
 
 @cli.command()
-@click.argument("specimen_id")
+@click.argument("specimen_id", type=SPECIMEN_ID)
 @click.option("--input", "input_index", type=click.IntRange(min=0), default=0, show_default=True,
               help="Input (row of the activations).")
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Lines to show.")
@@ -98,5 +101,6 @@ def spectrum(specimen_id: str, input_index: int, top: int, vault_path: str | Non
     """
     from ..engines.spectroscopy.engine import read_spectrum
 
-    spectrum = read_spectrum(open_vault(vault_path).specimen(specimen_id), input_index)
+    v = open_vault(vault_path)
+    spectrum = read_spectrum(v.specimen(v.lookup(specimen_id)), input_index)
     click.echo(spectrum.format(top=top))

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from .completion import SPECIMEN_ID
 from .main import cli, echo_json, human_bytes, open_vault, vault_option
 from .text import escape
 
@@ -35,7 +36,7 @@ class _Bar:
 
 
 @cli.command()
-@click.argument("specimen_ids", nargs=-1)
+@click.argument("specimen_ids", nargs=-1, type=SPECIMEN_ID)
 @click.option("--quick", is_flag=True, help="Check existence and sizes only (no re-hashing).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (stable format).")
 @click.option("--witness", metavar="LINES:DIGEST", default=None,
@@ -63,9 +64,10 @@ def verify(
     from ..verify import verify as verify_vault
 
     v = open_vault(vault_path)
+    ids = [v.lookup(s) for s in specimen_ids]
     bar = _Bar("verify") if sys.stderr.isatty() else None
     try:
-        report = verify_vault(v, list(specimen_ids), quick=quick, progress=bar, witness=witness)
+        report = verify_vault(v, ids, quick=quick, progress=bar, witness=witness)
     finally:
         if bar is not None:
             bar.close()

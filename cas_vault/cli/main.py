@@ -37,6 +37,8 @@ COMMAND_MODULES = (
     "runs",
     "engines",
     "catalog",
+    "lifecycle",
+    "workdirs",
 )
 
 #: A bug in cas-vault (sysexits.h ``EX_SOFTWARE``): never 1, which means "a check found problems".

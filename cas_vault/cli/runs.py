@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
+from .completion import SPECIMEN_ID
 from .interrupt import watch_seal
 from .main import cli, echo_json, open_vault, vault_option
+from .render import MORE, value_text
 from .text import escape
+
+if TYPE_CHECKING:
+    from ..diff import Change
 
 _MAX_SHOWN = 40
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.argument("specimen_id")
+@click.argument("specimen_id", type=SPECIMEN_ID)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option("-m", "--message", default="", help="Commit message (default: the command line).")
 @click.option("--timeout", type=float, default=None, help="Kill the protocol after this many seconds.")
@@ -98,29 +103,35 @@ def import_legacy(path: str, as_json: bool, vault_path: str | None) -> None:
         click.get_current_context().exit(1)
 
 
-def _short(value: Any, width: int = 60) -> str:
-    # repr() already escapes control characters inside containers and non-str values.
-    text = repr(value) if not isinstance(value, str) else escape(value)
-    if len(text) <= width:
-        return text
-    head = (width - 3) // 2  # keep both ends: paths and versions differ at either
-    return text[:head] + "..." + text[len(text) - (width - 3 - head):]
+#: A value of `vault diff` is shown in full up to this width, then cut with "… (N more)".
+_VALUE_WIDTH = 200
+#: A change longer than this takes three lines (key, A's value, B's value), so the two values
+#: sit one above the other, where a differing character is easy to see.
+_LINE_WIDTH = 100
 
 
-def _echo_changes(title: str, changes: list[Any]) -> None:
+def _echo_changes(title: str, changes: list[Change]) -> None:
+    """One line per differing key path (the changes are leaf values: no map is printed)."""
     if not changes:
         return
     click.echo(f"{title}:")
     for c in changes[:_MAX_SHOWN]:
         key = escape(c.key)
         if c.only_in == "b":
-            click.echo(click.style(f"  + {key}: {_short(c.b)}", fg="green"))
+            click.echo(click.style(f"  + {key}: {value_text(c.b, _VALUE_WIDTH)}", fg="green"))
         elif c.only_in == "a":
-            click.echo(click.style(f"  - {key}: {_short(c.a)}", fg="red"))
+            click.echo(click.style(f"  - {key}: {value_text(c.a, _VALUE_WIDTH)}", fg="red"))
         else:
-            click.echo(f"  ~ {key}: {_short(c.a, 40)} -> {_short(c.b, 40)}")
+            was, now = value_text(c.a, _VALUE_WIDTH), value_text(c.b, _VALUE_WIDTH)
+            line = f"  ~ {key}: {was} -> {now}"
+            if len(line) <= _LINE_WIDTH:
+                click.echo(line)
+            else:
+                click.echo(f"  ~ {key}:")
+                click.echo(click.style(f"      - {was}", fg="red"))
+                click.echo(click.style(f"      + {now}", fg="green"))
     if len(changes) > _MAX_SHOWN:
-        click.echo(f"  ... {len(changes) - _MAX_SHOWN} more (see --json)")
+        click.echo(f"  {MORE} ({len(changes) - _MAX_SHOWN} more; --json lists all)")
 
 
 def _num(x: float | None) -> str:
@@ -128,15 +139,17 @@ def _num(x: float | None) -> str:
 
 
 @cli.command()
-@click.argument("a")
-@click.argument("b")
+@click.argument("a", type=SPECIMEN_ID)
+@click.argument("b", type=SPECIMEN_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON (stable format).")
 @vault_option
 def diff(a: str, b: str, as_json: bool, vault_path: str | None) -> None:
     """Show what differs between committed specimens A and B.
 
-    Manifest and metadata (provenance included: package versions, git commit, seeds), config,
-    files added/removed/changed by digest, and final/min/max of every numeric metric both have.
+    Manifest and metadata (provenance included: package versions, git commit, seeds) and
+    config, field by field: one line per differing key path, e.g.
+    metadata.provenance.git.commit: 3f2a... -> 9c1b...; then files added/removed/changed by
+    digest, and final/min/max of every numeric metric both have.
 
     \b
     Example:
@@ -145,6 +158,7 @@ def diff(a: str, b: str, as_json: bool, vault_path: str | None) -> None:
     from ..diff import diff_specimens
 
     v = open_vault(vault_path)
+    a, b = v.lookup(a), v.lookup(b)
     d = diff_specimens(v, a, b)
     if as_json:
         echo_json(d.to_dict())
@@ -152,8 +166,8 @@ def diff(a: str, b: str, as_json: bool, vault_path: str | None) -> None:
     click.echo(f"--- {a}\n+++ {b}")
     if d.identical:
         click.echo("manifest, config and files are identical")
-    _echo_changes("manifest", d.manifest)
-    _echo_changes("config", d.config)
+    _echo_changes("manifest", d.manifest_fields)
+    _echo_changes("config", d.config_fields)
     click.echo(f"files: {len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed, "
                f"{d.unchanged} unchanged")
     for p in d.added:
@@ -177,7 +191,7 @@ def diff(a: str, b: str, as_json: bool, vault_path: str | None) -> None:
 
 @cli.command()
 @click.argument("metric")
-@click.argument("specimen_ids", nargs=-1)
+@click.argument("specimen_ids", nargs=-1, type=SPECIMEN_ID)
 @click.option("--where", default=None, help="SQL condition over the catalog, e.g. \"domain = 'training'\".")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="PNG file to write (default: METRIC.png).")
@@ -195,28 +209,35 @@ def plot(metric: str, specimen_ids: tuple[str, ...], where: str | None, output: 
     from ..plot import plot_metric
 
     v = open_vault(vault_path)
-    result = plot_metric(v, metric, list(specimen_ids), where=where, output=output, log_y=log_y)
+    result = plot_metric(v, metric, [v.lookup(s) for s in specimen_ids], where=where,
+                         output=output, log_y=log_y)
     for sid, why in result.skipped.items():
         click.echo(f"skipped {sid}: {escape(why)}", err=True)
     click.echo(f"Wrote {escape(result.path)} ({len(result.plotted)} specimen(s): {', '.join(result.plotted)})")
 
 
 @cli.command()
-@click.argument("specimen_id")
+@click.argument("specimen_id", type=SPECIMEN_ID)
 @click.argument("text")
 @vault_option
 def note(specimen_id: str, text: str, vault_path: str | None) -> None:
-    """Append a timestamped entry to an uncommitted specimen's field_notes.md.
+    """Add a timestamped note: to field_notes.md before commit, as an annotation after.
 
-    Committed specimens never change: record later notes in a new specimen
-    (vault new NEW_ID --parent SPECIMEN_ID ...).
+    A sealed specimen never changes: a note on it is an annotation, recorded in the journal
+    with who and when, shown by `vault show`, queryable (`notes`) and written by `vault
+    checkout`.
 
     \b
     Example:
       vault note 2024_12_19_my_experiment "loss plateaus after step 40k; try warmup"
     """
+    from ..annotations import annotate
     from ..notes import append_note
 
     v = open_vault(vault_path)
+    if v.refs.get(specimen_id) is not None:
+        a = annotate(v, specimen_id, text)
+        click.echo(f"Annotated {escape(specimen_id)} ({a.commit[:12]}) at {escape(a.time)}")
+        return
     path = append_note(v, specimen_id, text)
     click.echo(f"Added a note to {escape(path)}")

@@ -45,6 +45,7 @@ from ..findings import INFO_KINDS, PROBLEM_KINDS, Finding
 from ..ids import validate_id
 from ..journal import JournalTip
 from ..reachability import reachable, walk_commits, working_index_digests
+from ..retirement import retirements
 from ..scan import TempItem, find_temp, scan_objects, walk_tree
 from .catalog_reads import catalog_commits, catalog_tip
 from .checker import Checker, ObjectUse, read_journal
@@ -110,6 +111,7 @@ def verify(
     raw, journal, intents = chk.snapshot()
     entries, journal_problems = read_journal(journal)
     chk.problems.extend(journal_problems)
+    events = chk.check_events(journal) if scope is None else set()
     chk.check_witnesses(journal, [
         ("the tip record (journal.tip, written by every commit)", chk.tip_record),
         ("the catalog (vault.duckdb)", catalog_tip_read.result()),
@@ -123,10 +125,15 @@ def verify(
                 "`vault log` lists them"
             )
     refs = chk.check_refs(raw, entries, intents, scope, bool(journal_problems))
+    # A retired specimen is not live: what of it nothing live needs may be gone (gc), so it is
+    # named, not walked; a live commit that reaches it (a child) still checks it as a parent.
+    retired = retirements(vault)
+    chk.report_retired([r for sid, r in sorted(retired.items()) if scope is None or sid in scope])
+    refs = {sid: d for sid, d in refs.items() if sid not in retired}
     # Commits whose ref is gone are still checked (and kept by gc) through their journal line.
     starts: dict[Digest, str] = {d: sid for sid, d in refs.items()}
     for sid, e in entries.items():
-        if (scope is None or sid in scope) and sid not in raw:
+        if (scope is None or sid in scope) and sid not in raw and sid not in retired:
             starts.setdefault(e.commit, sid)
 
     def count(n: int) -> None:
@@ -164,7 +171,7 @@ def verify(
             chk.check_workdir(sid, sealed, state, workdir_jobs)
         hashed_workdirs = pool.submit([(p, size) for *_, p, size in workdir_jobs])
         if scan is not None:
-            live = reach.live | working_index_digests(vault)
+            live = reach.live | working_index_digests(vault) | events
             chk.report_garbage(scan, live, set(raw))
             chk.report_shared(scan)
         if catalog_read is not None:

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING
 from .. import journal as _journal
 from ..atomic import FileLock
 from ..commit import Commit
-from ..digest import Digest, is_digest
+from ..digest import Digest, hash_bytes, is_digest
+from ..events import decode_event
+from ..retirement import Retirement
 from ..errors import InvalidInputError, LockTimeoutError
 from ..findings import Finding
 from ..ids import run_specimen_id, validate_id
@@ -346,6 +348,48 @@ class Checker:
                 "workdir_extra", f"specimens/{owner}/{rel} was added after {sid} was sealed; "
                 "it is not part of the specimen (move it to a new one to keep it)", specimen=sid,
                 path=rel, file=f"specimens/{owner}/{rel}"))
+
+    def check_events(self, journal_data: bytes) -> set[Digest]:
+        """Check the object of every journal event line (labels, notes): present, intact, and
+        saying what its line says. Returns their digests (live objects, not garbage)."""
+        found: set[Digest] = set()
+        for line in _journal.events(journal_data):
+            d = line.commit
+            found.add(d)
+            rel = f"objects/{d[:2]}/{d}"
+            what = f"the {line.kind} event of journal line {line.seq + 1}"
+            sid = line.specimen_id or None
+            try:
+                data = self.vault.objects.path(d).read_bytes()
+            except (FileNotFoundError, NotADirectoryError):
+                self.problems.append(Finding(
+                    "missing_object", f"{what} names object {d}, which is missing from "
+                    "objects/; restore it from a backup", specimen=sid, digest=d, file=rel))
+                continue
+            self.bytes_hashed += len(data)
+            got = hash_bytes(data)
+            if got != d:
+                self.problems.append(Finding(
+                    "corrupt_object", f"{what}: its object {d} was altered (its bytes hash to "
+                    f"{got}); restore it from a backup", specimen=sid, digest=d, file=rel))
+                continue
+            try:
+                decode_event(data, line)
+            except InvalidInputError as exc:
+                self.problems.append(Finding("bad_event", f"{what}: {exc}", specimen=sid,
+                                             digest=d, file=rel))
+        return found
+
+    def report_retired(self, retired: list[Retirement]) -> None:
+        """Name each retired specimen (information: retired on purpose, not lost)."""
+        for r in retired:
+            how = ("purged: its objects are removed at the next `vault gc`" if r.purge else
+                   "its objects that nothing live needs are removed by `vault gc` after the "
+                   "grace period")
+            self.info.append(Finding(
+                "retired_specimen", f"{r.specimen_id} was retired on {r.time} by {r.author} "
+                f"({r.reason!r}); {how}", specimen=r.specimen_id, digest=r.commit,
+                file=f"refs/{r.specimen_id}"))
 
     def report_unsealed_runs(self, sid: str, runs: set[str]) -> None:
         """Name the runs of committed specimen ``sid`` that no commit seals yet."""
