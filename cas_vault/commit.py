@@ -7,6 +7,8 @@ id is the BLAKE3 digest of those bytes. The layout is specified in docs/format.m
 from __future__ import annotations
 
 import datetime as _dt
+import getpass
+import os
 import re
 import reprlib
 from collections.abc import Mapping
@@ -20,9 +22,12 @@ from .errors import InvalidInputError
 from .ids import validate_id
 
 __all__ = [
-    "FORMAT_VERSION", "KINDS", "METADATA_MAX_DEPTH", "Commit", "Manifest", "TreeEntry", "kind_of",
-    "utc_now",
+    "AUTHOR_ENV", "FORMAT_VERSION", "KINDS", "METADATA_MAX_DEPTH", "Commit", "Manifest",
+    "TreeEntry", "default_author", "kind_of", "utc_now",
 ]
+
+#: Environment variable naming the author of commits and events (default: the login name).
+AUTHOR_ENV = "CAS_VAULT_AUTHOR"
 
 #: Version of the commit format this code writes (and the newest it reads).
 FORMAT_VERSION = 1
@@ -57,6 +62,18 @@ def kind_of(path: str) -> str:
 def utc_now() -> str:
     """Return the current UTC time as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def default_author() -> str:
+    """Who a commit or event is by: ``$CAS_VAULT_AUTHOR``, else the login name."""
+    return os.environ.get(AUTHOR_ENV) or _login_name()
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def _check_time(value: object, what: str) -> str:

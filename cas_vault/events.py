@@ -1,11 +1,12 @@
 """Events: what happens to sealed specimens after they are sealed, without changing them.
 
-A label moved, a note added to a sealed specimen, a specimen retired: each is an **event object** (a canonical
-msgpack map in ``objects/``, named by its digest like every object) and a line of its kind in
-the hash-chained journal that names it (docs/format.md 5.4). Nothing sealed changes, the
-journal only grows, and ``vault verify`` checks every event object as it checks commits; the
-catalog and the commands read the current state (where each label points, the notes of a
-specimen) by replaying the events in journal order.
+A label moved, a note added to a sealed specimen, a specimen retired, a pair added to or removed
+from the vault's taxonomy: each is an **event object** (a canonical msgpack map in ``objects/``,
+named by its digest like every object) and a line of its kind in the hash-chained journal that
+names it (docs/format.md 5.4). Nothing sealed changes, the journal only grows, and ``vault
+verify`` checks every event object as it checks commits; the catalog and the commands read the
+current state (where each label points, the notes of a specimen, the vault's taxonomy) by
+replaying the events in journal order.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import canonical, journal
 from .atomic import FileLock
-from .commit import utc_now
+from .commit import default_author, utc_now
 from .digest import Digest
 from .errors import InvalidInputError, VaultError
-from .seal import default_author
 
 if TYPE_CHECKING:
     from .repository import Repository
@@ -134,9 +134,7 @@ def read_events(repo: Repository, kind: str | None = None) -> list[Event]:
     except FileNotFoundError:
         return []
     out = []
-    for line in journal.events(data):
-        if kind is not None and line.kind != kind:
-            continue
+    for line in journal.events(data, kind):
         try:
             out.append(decode_event(repo.objects.get(line.commit), line))
         except VaultError:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .atomic import FileLock, fsync_dir, remove_tree
 from .digest import Digest
 from .errors import ChecksumMismatch, IntegrityError, InvalidInputError, NotFoundError, VaultError
+from .progress import Progress, counted
 from .retirement import retirements
 from .reachability import reachable
 from .scan import TempItem, find_temp, scan_objects
@@ -151,6 +152,7 @@ def _temp_removable(item: TempItem, now: float, temp_age: float) -> bool:
 def gc(
     vault: Repository, *, grace: float | str = DEFAULT_GRACE, dry_run: bool = False,
     temp_age: float | str = DEFAULT_TEMP_AGE, lock_timeout: float = LOCK_TIMEOUT,
+    progress: Progress | None = None,
 ) -> GcReport:
     """Remove unreachable objects older than ``grace`` and temp files left by crashes.
 
@@ -163,6 +165,9 @@ def gc(
             its writer may be alive
             (a temp file whose writing process is dead is garbage at once).
         lock_timeout: seconds to wait for running commits to release the gc lock.
+        progress: called with ``(advance_objects, total_objects)``, one object at a time, as
+            gc is done with each object in ``objects/`` (kept, or removed); the total is every
+            object found there, live or not, once the live ones are known.
 
     Returns:
         What was (or would be) removed.
@@ -195,7 +200,7 @@ def gc(
         scan = scan_objects(vault.objects)
         removed_objects = removed_bytes = recent_objects = recent_bytes = 0
         touched: set[Path] = set()
-        for d, (size, mtime, _) in sorted(scan.digests.items()):
+        for d, (size, mtime, _) in counted(sorted(scan.digests.items()), progress):
             if d in live:
                 continue
             # grace 0 means all, whatever the clocks say; a purged specimen's go at once

@@ -253,9 +253,36 @@ def decodable(data: bytes) -> list[JournalEntry]:
     return out
 
 
-def events(data: bytes) -> list[JournalEntry]:
-    """The journal's decodable event lines (not ref creations), in order."""
-    return [e for e in decodable(data) if not e.is_ref]
+def events(data: bytes, kind: str | None = None) -> list[JournalEntry]:
+    """The journal's decodable event lines (not ref creations), in order.
+
+    Args:
+        data: the journal's bytes.
+        kind: only lines of this kind. Lines are canonical, so a line of the kind holds
+            ``"kind":"<kind>"``: only lines that do are decoded, and a journal without one is
+            not parsed at all (what a commit asks for the vault's taxonomy costs a scan).
+    """
+    if kind is None:
+        return [e for e in decodable(data) if not e.is_ref]
+    marker = b'"kind":' + json.dumps(kind).encode("ascii")
+    out = []
+    pos = counted = 0
+    lineno = 1
+    while (hit := data.find(marker, pos)) != -1:
+        start = data.rfind(b"\n", 0, hit) + 1
+        end = data.find(b"\n", hit)
+        if end == -1:
+            break  # a final line without its newline is no entry
+        lineno += data.count(b"\n", counted, start)
+        counted = start
+        try:
+            e = JournalEntry.decode(data[start:end], lineno)
+        except InvalidInputError:
+            e = None
+        if e is not None and e.kind == kind:
+            out.append(e)
+        pos = end + 1
+    return out
 
 
 def check(data: bytes) -> tuple[dict[str, JournalEntry], list[JournalProblem]]:

@@ -48,7 +48,9 @@ from . import canonical, taxonomy
 from .commit import METADATA_MAX_DEPTH
 from .errors import InvalidInputError, NotFoundError, VaultError
 from .ids import run_specimen_id, validate_id
+from .progress import Progress, counted
 from .storage import run_sort_key
+from .taxonomies import vault_taxonomy
 from .workdir import MANIFEST_NAME, read_manifest
 
 if TYPE_CHECKING:
@@ -372,11 +374,12 @@ def _fields(raw: dict[str, Any], where: Path) -> dict[str, Any]:
             "fields": unknown}
 
 
-def _override(f: dict[str, Any], raw: dict[str, Any], where: Path) -> None:
+def _override(f: dict[str, Any], raw: dict[str, Any], where: Path, table: taxonomy.Table) -> None:
     """Let a run manifest's own fields override its specimen's (in ``f``, in place).
 
     Raises:
-        InvalidInputError / TaxonomyError: malformed fields or a pair outside the taxonomy.
+        InvalidInputError / TaxonomyError: malformed fields or a pair outside ``table`` (the
+            vault's taxonomy).
     """
     tax = raw.get("taxonomy") if isinstance(raw.get("taxonomy"), dict) else {}
     for key in ("domain", "method"):
@@ -393,7 +396,7 @@ def _override(f: dict[str, Any], raw: dict[str, Any], where: Path) -> None:
             f["model"] = mapped["model"]
     if "created" in raw:
         f["created"] = raw["created"]
-    taxonomy.check(f["domain"], f["method"])
+    taxonomy.check(f["domain"], f["method"], table)
 
 
 #: An entry to copy: (descriptor of its directory, its name, that directory's path, destination
@@ -407,6 +410,7 @@ class _Importer:
         self.source = source
         self.source_fd = source_fd
         self.report = ImportReport(str(source))
+        self.table = vault_taxonomy(vault).table  # the vault's pairs, not only the seed's
 
     def problem(self, where: Path | str, message: str) -> None:
         self.report.problems.append(ImportProblem(str(where), message))
@@ -581,7 +585,7 @@ class _Importer:
                     raise
                 raw = {"domain": inferred.domain, "method": inferred.method}
             f = _fields(raw, src / MANIFEST_NAME)
-            taxonomy.check(f["domain"], f["method"])
+            taxonomy.check(f["domain"], f["method"], self.table)
         except NotFoundError:
             self.problem(src, f"not imported: no {MANIFEST_NAME}, and neither its runs' manifests "
                               "nor its id name a domain and method; add "
@@ -698,7 +702,7 @@ class _Importer:
                     path = src / "runs" / name / MANIFEST_NAME
                     raw = _decode_legacy_manifest(_read_file(run_fd, MANIFEST_NAME, path), path)
                     f = _fields(raw, path)
-                    taxonomy.check(f["domain"], f["method"])
+                    taxonomy.check(f["domain"], f["method"], self.table)
                 except (VaultError, OSError):
                     continue
                 finally:
@@ -709,7 +713,7 @@ class _Importer:
         finally:
             os.close(runs_fd)
         words = set(sid.lower().replace("-", "_").split("_"))
-        named = [(d, m) for d, methods in taxonomy.TAXONOMY.items() for m in methods
+        named = [(d, m) for d, methods in self.table.items() for m in methods
                  if set(m.split("_")) <= words]
         if len(named) == 1:
             return InferredFields(sid, named[0][0], named[0][1], "the specimen id")
@@ -739,7 +743,7 @@ class _Importer:
                 self.problem(run, f"run imported with its specimen's fields, because {exc}")
                 raw = {}
             try:
-                _override(f, raw, mpath)
+                _override(f, raw, mpath, self.table)
             except VaultError as exc:
                 self.problem(run, f"run not imported: {exc}")
                 return False
@@ -752,13 +756,17 @@ class _Importer:
         return True
 
 
-def import_legacy(vault: Repository, path: str | os.PathLike[str]) -> ImportReport:
+def import_legacy(
+    vault: Repository, path: str | os.PathLike[str], *, progress: Progress | None = None,
+) -> ImportReport:
     """Import a directory in the seed's layouts (see the module docstring).
 
     Args:
         vault: the vault to import into.
         path: a seed checkout (holding ``specimens/``), a ``specimens/`` directory, or one
             specimen directory.
+        progress: called with ``(advance_specimens, total_specimens)``, once per specimen
+            directory found (with all its runs), imported or not.
 
     Returns:
         What was imported, what was already there, and every problem.
@@ -773,7 +781,7 @@ def import_legacy(vault: Repository, path: str | os.PathLike[str]) -> ImportRepo
     source_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         importer = _Importer(vault, source, source_fd)
-        for src in importer.specimen_dirs():
+        for src in counted(importer.specimen_dirs(), progress):
             importer.import_specimen(src)
     finally:
         os.close(source_fd)

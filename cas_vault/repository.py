@@ -50,6 +50,7 @@ from .journal import decodable
 from .labels import labels
 from .retirement import retirements
 from .objects import ObjectStore
+from .progress import Progress
 from .refs import RefStore
 from .scaffold import new_specimen
 from .seal import BatchState
@@ -309,11 +310,13 @@ class Repository:
         extra_metadata: dict[str, Any] | None = None,
         partial: bool = False,
         lock_timeout: float = COMMIT_LOCK_TIMEOUT,
+        progress: Progress | None = None,
     ) -> Commit:
         """Seal ``specimens/<id>/`` as an immutable commit; see :func:`cas_vault.seal.commit`.
 
         A specimen in the runs layout is sealed once, then each new run as a commit of its own
-        (``<id>.run_<run_id>``, whose parent is the run before it).
+        (``<id>.run_<run_id>``, whose parent is the run before it). ``progress`` is called with
+        ``(advance_bytes, total_bytes)`` as working files are sealed.
 
         Returns:
             The last commit made (``commit.digest`` is its id): the specimen's, or its newest
@@ -329,7 +332,7 @@ class Repository:
         """
         return seal.commit(self, specimen_id, message=message, parents=parents, author=author,
                            extra_metadata=extra_metadata, partial=partial,
-                           lock_timeout=lock_timeout)[-1]
+                           lock_timeout=lock_timeout, progress=progress)[-1]
 
     @contextmanager
     def batch(self) -> Iterator[Self]:
@@ -693,7 +696,9 @@ class Repository:
         """Return a read-only view of a committed specimen's files."""
         return CommittedSpecimen(self, specimen_id, self.get(specimen_id))
 
-    def checkout(self, specimen_id: str, dest: str | os.PathLike[str]) -> Path:
+    def checkout(
+        self, specimen_id: str, dest: str | os.PathLike[str], *, progress: Progress | None = None,
+    ) -> Path:
         """Materialise a committed specimen's files into ``dest``, verifying every byte.
 
         Annotations added after sealing, if any, are written beside the files as
@@ -702,6 +707,8 @@ class Repository:
         Args:
             specimen_id: the specimen: an id or a commit digest prefix (:meth:`lookup`).
             dest: a directory that does not exist yet, or is empty.
+            progress: called with ``(advance_bytes, total_bytes)`` as each block is copied
+                and hashed; the total is the size of every file in the commit.
 
         Returns:
             The destination directory.
@@ -720,11 +727,12 @@ class Repository:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
         tmp.mkdir()
+        total = sum(entry.size for entry in commit.tree.values())
         try:
             for rel, entry in commit.tree.items():
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self._copy_verified(entry.digest, target)
+                self._copy_verified(entry.digest, target, progress, total)
             if notes:
                 name = ANNOTATIONS_NAME if ANNOTATIONS_NAME not in commit.tree else \
                     ANNOTATIONS_NAME.replace(".md", ".cas.md")
@@ -740,12 +748,15 @@ class Repository:
                 shutil.rmtree(tmp, ignore_errors=True)
         return dest
 
-    def _copy_verified(self, digest: Digest, target: Path) -> None:
+    def _copy_verified(self, digest: Digest, target: Path, progress: Progress | None = None,
+                       total: int = 0) -> None:
         h = Hasher()
         with self.objects.open(digest) as src, open(target, "wb") as out:
             while block := src.read(1 << 20):
                 h.update(block)
                 out.write(block)
+                if progress is not None:
+                    progress(len(block), total)
             out.flush()
             os.fsync(out.fileno())
         if h.hexdigest() != digest:

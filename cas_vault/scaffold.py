@@ -15,11 +15,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import canonical, taxonomy
+from . import canonical
 from .atomic import fsync_many, write_durable
 from .commit import utc_now
 from .errors import AlreadyExistsError, InvalidInputError
 from .ids import validate_id
+from .taxonomies import vault_taxonomy
 from .workdir import MANIFEST_NAME, WorkingCopies, check_tags
 
 if TYPE_CHECKING:
@@ -163,8 +164,8 @@ def new_specimen(
     Args:
         repo: the repository.
         specimen_id: the new id (``YYYY_MM_DD_descriptor`` by convention).
-        domain: a domain of the taxonomy.
-        method: a method valid for ``domain``.
+        domain: a domain of the vault's taxonomy (:func:`cas_vault.taxonomies.vault_taxonomy`).
+        method: a method valid for ``domain`` there.
         tags: free tags (e.g. model names, layers).
         model: the model studied, if any.
         parents: ids of committed specimens this one derives from.
@@ -180,7 +181,7 @@ def new_specimen(
         NotFoundError: if a parent is not committed.
     """
     validate_id(specimen_id)
-    taxonomy.check(domain, method)
+    vault_taxonomy(repo).check(domain, method)
     tags = check_tags(tags)
     if model is not None and (not isinstance(model, str) or not model):
         raise InvalidInputError("model must be a non-empty string")

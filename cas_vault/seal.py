@@ -20,7 +20,6 @@ The core names no feature: features register hooks (:mod:`cas_vault.hooks`).
 
 from __future__ import annotations
 
-import getpass
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,12 +29,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import canonical, hooks
 from .atomic import FileLock
-from .commit import Commit, Manifest, TreeEntry, kind_of, utc_now
+from .commit import AUTHOR_ENV, Commit, Manifest, TreeEntry, default_author, kind_of, utc_now
 from .digest import Digest
 from .errors import IntegrityError, InvalidInputError, NotFoundError
 from .ids import run_specimen_id, validate_id
 from .objects import ObjectStore
+from .progress import Progress, Tally
 from .storage import STRATA_DIR, check_run_id, run_sort_key
+from .taxonomies import commit_table
 from .tensors import index_conflict
 from .workdir import (
     COMMIT_LOCK_TIMEOUT,
@@ -59,9 +60,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AUTHOR_ENV", "BatchState", "default_author", "RUN_SHARED_FILES", "after_commit", "batch",
            "commit", "run_manifest", "unsealed_runs"]
-
-#: Environment variable naming the author of commits (default: the login name).
-AUTHOR_ENV = "CAS_VAULT_AUTHOR"
 
 R = TypeVar("R", bound="Repository")
 
@@ -89,6 +87,7 @@ def commit(
     extra_metadata: dict[str, Any] | None = None,
     partial: bool = False,
     lock_timeout: float = COMMIT_LOCK_TIMEOUT,
+    progress: Progress | None = None,
 ) -> list[Commit]:
     """Seal ``specimens/<id>/`` as immutable commits and create their refs.
 
@@ -118,6 +117,10 @@ def commit(
             logs into ``strata/`` and set ``metadata.partial = true``. Without it, a
             specimen with an unfinished log is refused (docs/runs.md).
         lock_timeout: seconds to wait for writers of the working directory to finish.
+        progress: called with ``(advance_bytes, total_bytes)`` once per working file sealed
+            (copied into ``objects/``, or reused unchanged), by its size; tensor chunks
+            already in ``objects/`` count nothing. The total grows as each run's files are
+            listed (:mod:`cas_vault.progress`).
 
     Returns:
         The commits made, in order: the specimen's own (unless it was sealed before), then one
@@ -150,6 +153,7 @@ def commit(
         )
     made: list[tuple[str, Digest, Commit]] = []
     shared: list[str] = []
+    tally = Tally(progress) if progress is not None else None
     # Writers that play by the rules (SpecimenStorage, tensor writers, the step logger,
     # notes) hold this lock shared while they write: none is half-way through a file now,
     # and none starts before the ref exists (they check for it under the lock).
@@ -162,7 +166,7 @@ def commit(
             if own is None:
                 digest, c, links = _seal(
                     repo, specimen_id, wd, _outside_runs, message=message, parents=parents,
-                    author=author, extra_metadata=extra_metadata, partial=partial)
+                    author=author, extra_metadata=extra_metadata, partial=partial, tally=tally)
                 made.append((specimen_id, digest, c))
                 shared += links
                 previous = digest
@@ -172,7 +176,7 @@ def commit(
                 digest, c, links = _seal(
                     repo, sealed_as, wd, _in_run(run_id), message=message, parents=[previous],
                     author=author, extra_metadata=extra_metadata, partial=False,
-                    run=(specimen_id, run_id))
+                    run=(specimen_id, run_id), tally=tally)
                 made.append((sealed_as, digest, c))
                 shared += links
                 previous = digest
@@ -245,6 +249,7 @@ def _seal(
     repo: Repository, sealed_as: str, wd: Path, tree_path: Callable[[str], str | None], *,
     message: str, parents: Sequence[str], author: str | None,
     extra_metadata: dict[str, Any] | None, partial: bool, run: tuple[str, str] | None = None,
+    tally: Tally | None = None,
 ) -> tuple[Digest, Commit, list[str]]:
     """Copy part of a working directory into objects, write the commit object and its ref.
 
@@ -258,12 +263,13 @@ def _seal(
         message, parents, author, extra_metadata, partial: as :func:`commit` takes them.
         run: ``(specimen id, run id)`` when sealing a run: its manifest is the specimen's,
             with ``metadata.run`` naming the run, and ``parents`` are its only parents.
+        tally: grown by the bytes of the working files to seal, advanced as each is sealed.
 
     Returns:
         ``(commit digest, commit, working paths that were hard links to objects)``.
     """
     raw = read_manifest(wd)
-    manifest = manifest_from_working(raw, wd)
+    manifest = manifest_from_working(raw, wd, table=commit_table(repo, run[0] if run else None))
     canonical.packb(manifest.to_map())  # unstorable metadata fails before any object is written
     extra = dict(extra_metadata or {})
     if run is None:
@@ -282,6 +288,15 @@ def _seal(
     indexed = {rel: d for rel, d in WorkingIndex(wd).load(strict=True).items()
                if tree_path(rel) is not None}
     files, shared = _split_working_files(wd, files, indexed, repo.objects)
+    sizes: dict[str, int] = {}
+    if tally is not None:
+        for rel in files:
+            if run is None or rel != MANIFEST_NAME:  # a run's manifest is made, not copied
+                try:
+                    sizes[rel] = os.stat(wd / rel, follow_symlinks=False).st_size
+                except OSError:
+                    sizes[rel] = 0  # sealing it raises
+        tally.grow(sum(sizes.values()))
     created = utc_now()
     # Writers hold the gc lock shared, so `vault gc --grace 0` never prunes objects that a
     # commit has written but not yet referenced.
@@ -303,9 +318,11 @@ def _seal(
                 if stored is not None:
                     batch.add_stored(stored[0])
                     tree[path] = TreeEntry(stored[0], stored[1], kind_of(path))
-                    continue
-                digest, size = batch.add_file(wd / rel)
-                tree[path] = TreeEntry(digest, size, kind_of(path))
+                else:
+                    digest, size = batch.add_file(wd / rel)
+                    tree[path] = TreeEntry(digest, size, kind_of(path))
+                if tally is not None:
+                    tally.advance(sizes[rel])
             for rel, digest in indexed.items():
                 path = tree_path(rel)
                 assert path is not None
@@ -465,15 +482,3 @@ def _unshare(wd: Path, paths: list[str]) -> None:
             os.unlink(wd / rel)
         except FileNotFoundError:
             pass
-
-
-def default_author() -> str:
-    """Who a commit or event is by: ``$CAS_VAULT_AUTHOR``, else the login name."""
-    return os.environ.get(AUTHOR_ENV) or _login_name()
-
-
-def _login_name() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"

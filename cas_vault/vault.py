@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import (
     annotations, catalog, diff, gc, labels, legacy, logger, notes, plot, query, remove, run, status,
-    verify,
+    taxonomies, verify,
 )
 from .gc import DEFAULT_GRACE, DEFAULT_TEMP_AGE
+from .progress import Progress
 from .engines.spectroscopy import engine as spectroscopy
 from .repository import Repository
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from .remove import Removal
     from .run import RunResult
     from .status import StatusReport
+    from .taxonomies import Taxonomy, TaxonomyChange
     from .verify import VerifyReport
 
 __all__ = ["Vault"]
@@ -94,7 +96,7 @@ class Vault(Repository):
     # -- integrity: verify and gc --------------------------------------------------------
     def verify(
         self, specimen_ids: Sequence[str] = (), *, quick: bool = False,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Progress | None = None,
         witness: JournalTip | str | None = None,
     ) -> VerifyReport:
         """Check that every committed byte is intact; see :func:`cas_vault.verify.verify`.
@@ -117,7 +119,7 @@ class Vault(Repository):
 
     def gc(
         self, *, grace: float | str = DEFAULT_GRACE, dry_run: bool = False,
-        temp_age: float | str = DEFAULT_TEMP_AGE,
+        temp_age: float | str = DEFAULT_TEMP_AGE, progress: Progress | None = None,
     ) -> GcReport:
         """Remove unreachable objects older than ``grace`` and crash leftovers.
 
@@ -125,6 +127,7 @@ class Vault(Repository):
             grace: seconds, or a duration such as ``"14d"``, ``"12h"``, ``"0"``.
             dry_run: only report what would be removed.
             temp_age: temp files older than this are removed even if their writer may be alive.
+            progress: ``progress(advance_objects, total_objects)`` as each object is decided.
 
         Returns:
             What was (or would be) removed.
@@ -134,7 +137,7 @@ class Vault(Repository):
             IntegrityError: if a ref's commits are damaged (nothing is deleted then).
             LockTimeoutError: if running commits hold the gc lock too long.
         """
-        return gc.gc(self, grace=grace, dry_run=dry_run, temp_age=temp_age)
+        return gc.gc(self, grace=grace, dry_run=dry_run, temp_age=temp_age, progress=progress)
 
     # -- working directories: status and rm ----------------------------------------------
     def status(self) -> StatusReport:
@@ -213,8 +216,12 @@ class Vault(Repository):
         """
         return logger.start_specimen(self, specimen_id, **kwargs)
 
-    def import_legacy(self, path: str | os.PathLike[str]) -> ImportReport:
+    def import_legacy(
+        self, path: str | os.PathLike[str], *, progress: Progress | None = None,
+    ) -> ImportReport:
         """Import a directory in the seed's layouts; see :func:`cas_vault.legacy.import_legacy`.
+
+        ``progress(advance_specimens, total_specimens)`` is called as each specimen is done.
 
         Returns:
             What was imported (problems are reported, not raised).
@@ -222,7 +229,7 @@ class Vault(Repository):
         Raises:
             NotFoundError: if ``path`` is not a directory.
         """
-        return legacy.import_legacy(self, path)
+        return legacy.import_legacy(self, path, progress=progress)
 
     def diff(self, a: str, b: str) -> SpecimenDiff:
         """Compare two committed specimens; see :func:`cas_vault.diff.diff_specimens`.
@@ -261,6 +268,29 @@ class Vault(Repository):
             NotFoundError: the specimen is not committed. InvalidInputError: a bad name.
         """
         return labels.set_label(self, name, specimen_id)
+
+    def taxonomy(self) -> Taxonomy:
+        """The vault's taxonomy: the seed's pairs with the vault's adds and removes, and its
+        history (``vault taxonomy``)."""
+        return taxonomies.vault_taxonomy(self)
+
+    def taxonomy_add(self, domain: str, method: str,
+                     description: str | None = None) -> TaxonomyChange:
+        """Allow a domain/method pair in this vault (journaled; ``vault taxonomy add``).
+
+        Raises:
+            InvalidInputError: a name outside the rule. AlreadyExistsError: a pair it has.
+        """
+        return taxonomies.add_pair(self, domain, method, description)
+
+    def taxonomy_remove(self, domain: str, method: str) -> TaxonomyChange:
+        """Stop allowing a pair (journaled; ``vault taxonomy remove``); sealed specimens stay
+        valid.
+
+        Raises:
+            InvalidInputError: a pair in use (naming the specimens). NotFoundError: no such pair.
+        """
+        return taxonomies.remove_pair(self, domain, method)
 
     def note(self, specimen_id: str, text: str) -> Path:
         """Append a timestamped entry to an uncommitted specimen's ``field_notes.md``.

@@ -361,23 +361,25 @@ def check_tags(tags: Iterable[str]) -> list[str]:
     return out
 
 
-def manifest_from_working(raw: dict[str, Any], wd: Path) -> Manifest:
+def manifest_from_working(raw: dict[str, Any], wd: Path, *, table: taxonomy.Table) -> Manifest:
     """The commit manifest of a working directory's decoded ``manifest.msgpack``.
 
     Args:
         raw: the decoded manifest (:func:`read_manifest`).
         wd: the working directory (for messages).
+        table: the taxonomy its domain/method pair must be in (the vault's:
+            :func:`cas_vault.taxonomies.commit_table`).
 
     Raises:
         InvalidInputError: for a missing or mistyped field.
-        TaxonomyError: for a domain/method pair outside the taxonomy.
+        TaxonomyError: for a domain/method pair outside ``table``.
     """
     for key in ("domain", "method"):
         if not isinstance(raw.get(key), str):
             raise InvalidInputError(
                 f"{wd / MANIFEST_NAME} has no valid {key!r}; recreate the specimen with `vault new`"
             )
-    taxonomy.check(raw["domain"], raw["method"])
+    taxonomy.check(raw["domain"], raw["method"], table)
     parents = raw.get("parents", [])
     if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
         raise InvalidInputError(f"{wd / MANIFEST_NAME}: 'parents' must be a list of specimen ids")

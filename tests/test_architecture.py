@@ -16,11 +16,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cas_vault"
 
 #: README.md's layers, top (foundations) first. A module may import its own layer and earlier ones.
 LAYERS: list[set[str]] = [
-    {"errors", "digest", "canonical", "atomic", "ids", "taxonomy", "hooks"},
+    {"errors", "digest", "canonical", "atomic", "ids", "taxonomy", "hooks", "progress"},
     {"store", "objects", "commit", "journal", "refs", "findings", "scan"},
     {"workdir", "tensors", "zarrstore", "storage"},
-    {"scaffold", "seal", "events", "labels", "annotations", "retirement", "reachability",
-     "specimen",
+    {"scaffold", "seal", "events", "labels", "annotations", "retirement", "taxonomies",
+     "reachability", "specimen",
      "names", "repository"},
     {"catalog", "query", "graph", "verify", "gc", "provenance", "seeding", "run", "logger",
      "legacy", "diff", "plot", "notes", "engines", "examples", "status", "remove"},

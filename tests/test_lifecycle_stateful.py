@@ -1,11 +1,13 @@
 """A hypothesis state machine for life after sealing: retire (with and without purge), label and
-annotate, interleaved with commits (some deriving from others) and gc.
+annotate, add and remove taxonomy pairs, interleaved with commits (some deriving from others, some
+with an added pair) and gc.
 
 Properties: nothing live is ever lost (every live specimen's bytes read back, and so do those of
 every ancestor a live specimen reaches); nothing that only a purged specimen held remains after
 gc; labels point where the model says and annotations are what the model says, also after the
-catalog is rebuilt from the journal; verify passes throughout. The model is plain Python and
-computes digests with ``blake3`` directly.
+catalog is rebuilt from the journal; `vault new` accepts exactly the model's pairs, and a pair
+is removed only when no live specimen uses it; verify passes throughout. The model is plain
+Python and computes digests with ``blake3`` directly.
 """
 
 from __future__ import annotations
@@ -21,12 +23,24 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precon
 
 from cas_vault import Vault
 from cas_vault.annotations import annotate, annotations
-from cas_vault.errors import ImmutableError, InvalidInputError, NotFoundError
+from cas_vault.errors import (
+    AlreadyExistsError,
+    ImmutableError,
+    InvalidInputError,
+    NotFoundError,
+    TaxonomyError,
+)
 from cas_vault.labels import labels, set_label
 from cas_vault.retirement import retire
+from cas_vault.taxonomies import vault_taxonomy
+from cas_vault.taxonomy import TAXONOMY
 
 DATA = "strata/data.bin"
 LABELS = ("best", "prod", "fig-3")
+#: The pair most commits use (never removed), and those the machine adds, removes and uses.
+BASE = ("training", "fine_tuning")
+PAIRS = (("benchmarking", "ablation_study"), ("vision", "segmentation"), ("vision", "fine_tuning"))
+PROBE = "probe"
 
 
 def b3(data: bytes) -> str:
@@ -47,6 +61,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.retired: dict[str, bool] = {}  # id -> purged
         self.labels: dict[str, str] = {}
         self.notes: dict[str, list[str]] = {}
+        self.pairs = {(d, m) for d, methods in TAXONOMY.items() for m in methods}
+        self.pair: dict[str, tuple[str, str]] = {}
         self.n = 0
 
     def teardown(self) -> None:
@@ -84,26 +100,70 @@ class LifecycleMachine(RuleBasedStateMachine):
     def commit_same_bytes(self, source: str) -> str:
         return self._commit(self.data[source], None)  # deduplicated with the source
 
-    def _commit(self, data: bytes, parent: str | None) -> str:
+    @rule(target=committed, pair=st.sampled_from(PAIRS), data=st.binary(min_size=1, max_size=32))
+    def commit_with_pair(self, pair: tuple[str, str], data: bytes) -> str:
+        if pair not in self.pairs:
+            with pytest.raises(TaxonomyError):
+                self.vault.new(f"s{self.n:03d}", domain=pair[0], method=pair[1])
+            assert not self.vault.specimen_dir(f"s{self.n:03d}").exists()
+            return self._commit(data, None)
+        return self._commit(data, None, pair)
+
+    def _commit(self, data: bytes, parent: str | None, pair: tuple[str, str] = BASE) -> str:
         sid = f"s{self.n:03d}"
         self.n += 1
-        wd = self.vault.new(sid, domain="training", method="fine_tuning",
+        wd = self.vault.new(sid, domain=pair[0], method=pair[1],
                             parents=[parent] if parent else [])
         (wd / "strata" / "data.bin").write_bytes(data)
         self.vault.commit(sid)
-        self.data[sid], self.parent[sid] = data, parent
+        self.data[sid], self.parent[sid], self.pair[sid] = data, parent, pair
         return sid
+
+    def _journal(self) -> bytes:
+        path = self.vault.refs.journal
+        return path.read_bytes() if path.exists() else b""
+
+    @rule(pair=st.sampled_from(PAIRS))
+    def taxonomy_add(self, pair: tuple[str, str]) -> None:
+        journal = self._journal()
+        if pair in self.pairs:
+            with pytest.raises(AlreadyExistsError):
+                self.vault.taxonomy_add(*pair)
+            assert self._journal() == journal
+            return
+        self.vault.taxonomy_add(*pair)
+        self.pairs.add(pair)
+
+    @rule(pair=st.sampled_from(PAIRS))
+    def taxonomy_remove(self, pair: tuple[str, str]) -> None:
+        self._remove(pair)
+
+    @rule(sid=committed)
+    def taxonomy_remove_a_pair_used(self, sid: str) -> None:
+        if self.pair[sid] != BASE:  # the commits of the other rules need it
+            self._remove(self.pair[sid])
+
+    def _remove(self, pair: tuple[str, str]) -> None:
+        journal = self._journal()
+        in_use = any(p == pair and s not in self.retired for s, p in self.pair.items())
+        if pair not in self.pairs or in_use:
+            with pytest.raises(NotFoundError if pair not in self.pairs else InvalidInputError):
+                self.vault.taxonomy_remove(*pair)
+            assert self._journal() == journal
+            return
+        self.vault.taxonomy_remove(*pair)
+        self.pairs.discard(pair)
 
     @rule(sid=committed, purge=st.booleans(), reason=st.text(min_size=1, max_size=20))
     def retire(self, sid: str, purge: bool, reason: str) -> None:
         journal = self.vault.refs.journal.read_bytes()
-        if sid in self.retired:
-            with pytest.raises(ImmutableError, match="retired already"):
+        if not reason.strip():  # the arguments are checked first
+            with pytest.raises(InvalidInputError):
                 retire(self.vault, sid, reason, purge=purge)
             assert self.vault.refs.journal.read_bytes() == journal
             return
-        if not reason.strip():
-            with pytest.raises(InvalidInputError):
+        if sid in self.retired:
+            with pytest.raises(ImmutableError, match="retired already"):
                 retire(self.vault, sid, reason, purge=purge)
             assert self.vault.refs.journal.read_bytes() == journal
             return
@@ -149,6 +209,18 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert report.ok, report.problems
         named = {i.specimen for i in report.info if i.kind == "retired_specimen"}
         assert named == set(self.retired)
+
+    @invariant()
+    def vault_new_accepts_exactly_the_models_pairs(self) -> None:
+        assert {(p.domain, p.method) for p in vault_taxonomy(self.vault).pairs} == self.pairs
+        for pair in PAIRS:
+            if pair in self.pairs:
+                self.vault.new(PROBE, domain=pair[0], method=pair[1])
+                self.vault.rm(PROBE)
+            else:
+                with pytest.raises(TaxonomyError):
+                    self.vault.new(PROBE, domain=pair[0], method=pair[1])
+            assert not self.vault.specimen_dir(PROBE).exists()
 
     @invariant()
     def views_match_the_model(self) -> None:

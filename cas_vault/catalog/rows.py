@@ -23,6 +23,7 @@ from ..commit import Commit
 from ..errors import VaultError
 from ..events import decode_event
 from ..journal import JournalEntry
+from ..taxonomies import TaxonomyChange, TaxonomyPair, change_from_event, replay
 from .schema import CATALOG_COLUMNS, add_row, catalog_schema, insert, string_schema
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RUN_CONFIG_KEYS", "CommitRows", "build_rows", "experiment_time", "insert_events",
-    "insert_rows",
+    "insert_rows", "insert_seed_taxonomy",
     "parse_any_time", "parse_run_id_time",
 ]
 
@@ -129,15 +130,18 @@ def build_rows(
 
 def insert_events(conn: duckdb.DuckDBPyConnection, vault: Repository,
                   entries: Iterable[JournalEntry]) -> None:
-    """Apply these journal event lines: ``label_moves`` and ``notes`` rows, and retirements.
+    """Apply these journal event lines: ``label_moves`` and ``notes`` rows, retirements and
+    taxonomy changes.
 
     A retired specimen leaves ``catalog``, ``objects``, ``metrics`` and ``lineage`` (as a child:
-    a live child still names it as its parent) and gets a ``retired`` row. An event whose object
-    cannot be read is left out (``vault verify`` reports it).
+    a live child still names it as its parent) and gets a ``retired`` row. Taxonomy changes are
+    replayed (:func:`cas_vault.taxonomies.replay`) over the rows ``taxonomy`` holds. An event
+    whose object cannot be read is left out (``vault verify`` reports it).
     """
     moves: list[tuple[Any, ...]] = []
     notes: list[tuple[Any, ...]] = []
     retired: list[tuple[Any, ...]] = []
+    changes: list[TaxonomyChange] = []
     for e in entries:
         try:
             ev = decode_event(vault.objects.get(e.commit), e)
@@ -153,6 +157,11 @@ def insert_events(conn: duckdb.DuckDBPyConnection, vault: Repository,
         elif ev.kind == "retire":
             retired.append((ev.subject, ev.fields.get("commit"), ev.fields.get("reason"),
                             ev.fields.get("purge") is True, when, ev.author, ev.seq))
+        elif ev.kind == "taxonomy":
+            try:
+                changes.append(change_from_event(ev))
+            except VaultError:
+                continue
     if moves:
         conn.executemany("INSERT INTO label_moves VALUES (?, ?, ?, ?, ?, ?)", moves)
     if notes:
@@ -164,6 +173,29 @@ def insert_events(conn: duckdb.DuckDBPyConnection, vault: Repository,
         for table, column in RETIRED_LEAVE:
             conn.execute(f"DELETE FROM {table} WHERE {column} = ?", [row[0]])
         conn.execute("INSERT INTO retired VALUES (?, ?, ?, ?, ?, ?, ?)", list(row))
+    if changes:
+        _write_taxonomy(conn, replay(changes, start=_taxonomy_rows(conn)))
+
+
+def insert_seed_taxonomy(conn: duckdb.DuckDBPyConnection) -> None:
+    """Fill a new ``taxonomy`` table with the seed's pairs (the journal's changes follow)."""
+    _write_taxonomy(conn, replay([]))
+
+
+def _taxonomy_rows(conn: duckdb.DuckDBPyConnection) -> list[TaxonomyPair]:
+    rows = conn.execute(
+        "SELECT domain, method, description, added_by, added_at FROM taxonomy").fetchall()
+    return [TaxonomyPair(d, m, desc or "", by,
+                         None if at is None else at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+            for d, m, desc, by, at in rows]
+
+
+def _write_taxonomy(conn: duckdb.DuckDBPyConnection, pairs: Iterable[TaxonomyPair]) -> None:
+    conn.execute("DELETE FROM taxonomy")
+    rows = [(p.domain, p.method, p.description, p.added_by,
+             None if p.added_at is None else _parse_time(p.added_at)) for p in pairs]
+    if rows:
+        conn.executemany("INSERT INTO taxonomy VALUES (?, ?, ?, ?, ?)", rows)
 
 
 def insert_rows(conn: duckdb.DuckDBPyConnection, rows: CommitRows) -> None:

@@ -32,10 +32,10 @@ __all__ = [
 ]
 
 #: Version of the catalog's tables; a catalog with another version is rebuilt.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: Tables a user can query.
 CATALOG_TABLES = ("catalog", "runs", "lineage", "objects", "metrics", "labels", "label_moves",
-                  "notes", "retired", "catalog_problems")
+                  "notes", "retired", "taxonomy", "catalog_problems")
 #: Columns of ``metrics`` that are not metric columns.
 METRIC_KEY_COLUMNS = ("specimen_id", "file")
 
@@ -58,6 +58,8 @@ CREATE TABLE retired(
     author VARCHAR, seq BIGINT);
 CREATE TABLE notes(
     specimen_id VARCHAR, commit VARCHAR, time TIMESTAMP, author VARCHAR, text VARCHAR, seq BIGINT);
+CREATE TABLE taxonomy(
+    domain VARCHAR, method VARCHAR, description VARCHAR, added_by VARCHAR, added_at TIMESTAMP);
 CREATE VIEW runs AS
     SELECT run_of AS specimen_id, run_id, specimen_id AS run_specimen_id, commit, created,
            committed, config
@@ -87,6 +89,7 @@ DROP = """
 DROP MACRO TABLE IF EXISTS ancestors; DROP MACRO TABLE IF EXISTS descendants;
 DROP VIEW IF EXISTS runs; DROP VIEW IF EXISTS labels;
 DROP TABLE IF EXISTS label_moves; DROP TABLE IF EXISTS notes; DROP TABLE IF EXISTS retired;
+DROP TABLE IF EXISTS taxonomy;
 DROP TABLE IF EXISTS _state; DROP TABLE IF EXISTS catalog; DROP TABLE IF EXISTS lineage;
 DROP TABLE IF EXISTS objects; DROP TABLE IF EXISTS metrics; DROP TABLE IF EXISTS _metric_writers;
 DROP TABLE IF EXISTS catalog_problems;

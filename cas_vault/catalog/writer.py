@@ -35,7 +35,7 @@ from ..errors import IntegrityError, JournalRolledBackError, VaultError
 from ..journal import JournalEntry, JournalTip, rollback
 from .connection import connect_writer
 from .metrics import BadParquet, MetricsCache, MetricsLoader
-from .rows import build_rows, insert_events, insert_rows
+from .rows import build_rows, insert_events, insert_rows, insert_seed_taxonomy
 from .schema import DDL, DROP, SCHEMA_VERSION, CatalogProblem, read_problems
 from .stale import STALE_MARKER, mark_stale, vault_created
 
@@ -335,6 +335,7 @@ class CatalogWriter:
                 cache = self._cache
                 if rebuilt:
                     conn.execute(DROP + DDL)
+                    insert_seed_taxonomy(conn)
                     self._forget()
                     cache = self._cache
                     cache.digests = set()

@@ -14,6 +14,7 @@ from ..errors import IntegrityError
 from .completion import SPECIMEN_ID
 from .main import cli, echo_json, human_bytes, open_vault, vault_option
 from .interrupt import watch_seal
+from .progress import progress_bar
 from .render import MORE, map_lines, summary_rows
 from .text import escape
 
@@ -100,8 +101,10 @@ def commit(specimen_id: str, message: str, parents: tuple[str, ...], partial: bo
     v = open_vault(vault_path)
     watch_seal(v, specimen_id)
     # A whole digest goes through as it is: any commit of the vault may be a parent.
-    made = seal(v, specimen_id, message=message, partial=partial,
-                parents=[p if is_digest(p) else v.lookup(p) for p in parents])
+    parent_ids = [p if is_digest(p) else v.lookup(p) for p in parents]
+    with progress_bar("commit") as progress:
+        made = seal(v, specimen_id, message=message, partial=partial, parents=parent_ids,
+                    progress=progress)
     for c in made:
         if c.manifest.run is not None:
             click.echo(f"sealed run {escape(c.manifest.run[1])} as {c.specimen_id}", err=True)
@@ -378,7 +381,8 @@ def checkout(specimen_id: str, dest: str, vault_path: str | None) -> None:
     """
     v = open_vault(vault_path)
     specimen_id = v.lookup(specimen_id)
-    out = v.checkout(specimen_id, dest)
+    with progress_bar("checkout") as progress:
+        out = v.checkout(specimen_id, dest, progress=progress)
     click.echo(f"Checked out {specimen_id} to {out}")
 
 

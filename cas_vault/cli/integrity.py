@@ -2,37 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import click
 
 from .completion import SPECIMEN_ID
 from .main import cli, echo_json, human_bytes, open_vault, vault_option
+from .progress import progress_bar
 from .text import escape
-
-
-class _Bar:
-    """A tqdm byte counter on stderr, created on the first update (quiet when not a terminal)."""
-
-    def __init__(self, desc: str) -> None:
-        self.desc = desc
-        self.bar: Any = None
-
-    def __call__(self, advance: int, total: int) -> None:
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=0, desc=self.desc, unit="B", unit_scale=True,
-                            unit_divisor=1024, file=sys.stderr, leave=False)
-        if total != self.bar.total:  # verify queues objects first, then working files
-            self.bar.total = total
-            self.bar.refresh()
-        self.bar.update(advance)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 @cli.command()
@@ -65,12 +40,8 @@ def verify(
 
     v = open_vault(vault_path)
     ids = [v.lookup(s) for s in specimen_ids]
-    bar = _Bar("verify") if sys.stderr.isatty() else None
-    try:
-        report = verify_vault(v, ids, quick=quick, progress=bar, witness=witness)
-    finally:
-        if bar is not None:
-            bar.close()
+    with progress_bar("verify") as progress:
+        report = verify_vault(v, ids, quick=quick, progress=progress, witness=witness)
     if as_json:
         echo_json(report.to_dict())
     else:
@@ -117,7 +88,8 @@ def gc(dry_run: bool, grace: str, as_json: bool, vault_path: str | None) -> None
     from ..gc import gc as collect
 
     v = open_vault(vault_path)
-    report = collect(v, grace=grace, dry_run=dry_run)
+    with progress_bar("gc", unit="object") as progress:
+        report = collect(v, grace=grace, dry_run=dry_run, progress=progress)
     if as_json:
         echo_json(report.to_dict())
         return

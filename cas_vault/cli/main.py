@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "engines",
     "catalog",
     "lifecycle",
+    "taxonomy",
     "workdirs",
 )
 

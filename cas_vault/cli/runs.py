@@ -9,6 +9,7 @@ import click
 from .completion import SPECIMEN_ID
 from .interrupt import watch_seal
 from .main import cli, echo_json, open_vault, vault_option
+from .progress import progress_bar
 from .render import MORE, value_text
 from .text import escape
 
@@ -82,7 +83,8 @@ def import_legacy(path: str, as_json: bool, vault_path: str | None) -> None:
     from ..legacy import import_legacy
 
     v = open_vault(vault_path)
-    report = import_legacy(v, path)
+    with progress_bar("import-legacy", unit="specimen") as progress:
+        report = import_legacy(v, path, progress=progress)
     if as_json:
         echo_json(report.to_dict())
     else:

@@ -24,11 +24,14 @@ from ..commit import Commit
 from ..digest import Digest, hash_bytes, is_digest
 from ..events import decode_event
 from ..retirement import Retirement
-from ..errors import InvalidInputError, LockTimeoutError
+from ..seal import unsealed_runs
+from ..errors import InvalidInputError, LockTimeoutError, VaultError
 from ..findings import Finding
-from ..ids import run_specimen_id, validate_id
+from ..ids import validate_id
 from ..journal import JournalEntry, JournalTip, rollback
 from ..scan import ObjectScan, find_temp, walk_tree
+from ..taxonomies import KIND as TAXONOMY_KIND
+from ..taxonomies import change_from_event
 from ..workdir import RUNS_DIR, WorkingIndex, iter_files, run_of
 from .catalog_reads import CATALOG_TIMEOUT
 
@@ -300,7 +303,6 @@ class Checker:
             base = ""
             tree = dict(commit.tree)
         files: set[str] = set()
-        runs: set[str] = set()  # the specimen's runs that have files
         complete = True
         restore = (f"the sealed copy in objects/ is intact (`vault checkout {sid} DEST` copies "
                    "it out)")
@@ -309,8 +311,6 @@ class Checker:
                 rel = base + rel
                 if run is not None or run_of(rel) is None:
                     files.add(rel)
-                elif not base:
-                    runs.add(run_of(rel) or "")
         except InvalidInputError as exc:
             complete = False
             self.info.append(Finding(
@@ -318,8 +318,7 @@ class Checker:
                 file=f"specimens/{owner}/{base}"))
         indexed = WorkingIndex(wd).load()
         if run is None:
-            runs.update(r for r in map(run_of, indexed) if r is not None)
-            self.report_unsealed_runs(sid, runs)
+            self.report_unsealed_runs(sid, wd)
         for rel, entry in tree.items():
             where = f"specimens/{owner}/{rel}"
             if rel not in files:
@@ -350,8 +349,12 @@ class Checker:
                 path=rel, file=f"specimens/{owner}/{rel}"))
 
     def check_events(self, journal_data: bytes) -> set[Digest]:
-        """Check the object of every journal event line (labels, notes): present, intact, and
-        saying what its line says. Returns their digests (live objects, not garbage)."""
+        """Check the object of every journal event line (labels, notes, taxonomy changes):
+        present, intact, and saying what its line says (a taxonomy change also with the
+        fields of docs/format.md 5.4). Returns their digests (live objects, not garbage).
+
+        Sealed manifests are never checked against the vault's taxonomy: removing a pair
+        leaves the specimens sealed with it valid."""
         found: set[Digest] = set()
         for line in _journal.events(journal_data):
             d = line.commit
@@ -374,7 +377,9 @@ class Checker:
                     f"{got}); restore it from a backup", specimen=sid, digest=d, file=rel))
                 continue
             try:
-                decode_event(data, line)
+                event = decode_event(data, line)
+                if event.kind == TAXONOMY_KIND:  # its fields, as the taxonomy's readers need
+                    change_from_event(event)
             except InvalidInputError as exc:
                 self.problems.append(Finding("bad_event", f"{what}: {exc}", specimen=sid,
                                              digest=d, file=rel))
@@ -391,18 +396,19 @@ class Checker:
                 f"({r.reason!r}); {how}", specimen=r.specimen_id, digest=r.commit,
                 file=f"refs/{r.specimen_id}"))
 
-    def report_unsealed_runs(self, sid: str, runs: set[str]) -> None:
-        """Name the runs of committed specimen ``sid`` that no commit seals yet."""
-        for run in sorted(runs):
-            try:
-                sealed_as = run_specimen_id(sid, run)
-            except InvalidInputError:
-                sealed_as = None
-            if sealed_as is None or self.vault.refs.get(sealed_as) is None:
-                self.info.append(Finding(
-                    "unsealed_run", f"specimens/{sid}/{RUNS_DIR}/{run} is a run that is not "
-                    f"sealed yet; `vault commit {sid}` seals it", specimen=sid,
-                    file=f"specimens/{sid}/{RUNS_DIR}/{run}"))
+    def report_unsealed_runs(self, sid: str, wd: Path) -> None:
+        """Name the runs of committed specimen ``sid`` that its next commit would seal (the
+        rule of :func:`cas_vault.seal.unsealed_runs`); a working directory it cannot read is
+        reported by the other workdir checks, not here."""
+        try:
+            pending = unsealed_runs(self.vault, sid, wd)
+        except VaultError:
+            return
+        for run, _ in pending:
+            self.info.append(Finding(
+                "unsealed_run", f"specimens/{sid}/{RUNS_DIR}/{run} is a run that is not "
+                f"sealed yet; `vault commit {sid}` seals it", specimen=sid,
+                file=f"specimens/{sid}/{RUNS_DIR}/{run}"))
 
     def finish_workdirs(
         self, jobs: list[tuple[str, str, Digest, Path, int]],

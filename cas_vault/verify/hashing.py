@@ -1,4 +1,4 @@
-"""Hashing files in the background for verify: :class:`HashPool` and its :data:`Progress` hook.
+"""Hashing files in the background for verify: :class:`HashPool`, reporting to a :data:`Progress`.
 
 BLAKE3 and file reads release the GIL, so hashing in threads keeps both cores busy while the
 verify thread does the checks that are Python work.
@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from ..digest import Digest, hash_file
+from ..progress import Progress
 
+# Progress is re-exported: verify defined it before every long operation shared it.
 __all__ = ["HashPool", "Hashed", "Progress"]
-
-#: ``progress(advance_bytes, total_bytes)``: called (from hashing threads, one call at a time) as
-#: hashing advances; ``total_bytes`` grows when verify queues more files.
-Progress = Callable[[int, int], None]
 
 #: Files at least this large are hashed by BLAKE3's own threads (digest.hash_file), one at a time.
 _LARGE_FILE = 4 * 1024 * 1024
