@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,7 +53,9 @@ class Reachable:
     problems: list[Finding]
 
 
-def live_roots(vault: Repository) -> tuple[dict[Digest, str], set[Digest]]:
+def live_roots(
+    vault: Repository, retired: Collection[str] | None = None,
+) -> tuple[dict[Digest, str], set[Digest]]:
     """Collect the root commits: ``(starts, required)``.
 
     ``starts`` maps every commit named by a ref, a decodable journal line or an intent file to a
@@ -62,6 +64,8 @@ def live_roots(vault: Repository) -> tuple[dict[Digest, str], set[Digest]]:
 
     Args:
         vault: the vault.
+        retired: the retired specimens' ids, if the caller has read them already
+            (:func:`cas_vault.retirement.retirements`).
 
     Returns:
         ``(starts, required)``.
@@ -72,7 +76,8 @@ def live_roots(vault: Repository) -> tuple[dict[Digest, str], set[Digest]]:
     refs = vault.refs
     starts: dict[Digest, str] = {}
     required: set[Digest] = set()
-    retired = set(retirements(vault))
+    if retired is None:
+        retired = set(retirements(vault))
     for name in refs.names():
         if name in retired:
             continue  # no longer live; still needed only if a live commit reaches it
@@ -191,7 +196,9 @@ def event_objects(vault: Repository) -> set[Digest]:
     return {e.commit for e in journal.events(data)}
 
 
-def working_index_digests(vault: Repository) -> set[Digest]:
+def working_index_digests(
+    vault: Repository, retired: Collection[str] | None = None,
+) -> set[Digest]:
     """Digests recorded in the working indexes and copies records of every working directory.
 
     These objects belong to specimens still being written (tensor chunks go straight into
@@ -201,6 +208,7 @@ def working_index_digests(vault: Repository) -> set[Digest]:
 
     Args:
         vault: the vault.
+        retired: the retired specimens' ids, if the caller has read them already.
 
     Returns:
         The digests.
@@ -208,7 +216,8 @@ def working_index_digests(vault: Repository) -> set[Digest]:
     out: set[Digest] = set()
     if not vault.specimens_dir.is_dir():
         return out
-    retired = set(retirements(vault))
+    if retired is None:
+        retired = set(retirements(vault))
     for entry in os.scandir(vault.specimens_dir):
         if not entry.is_dir(follow_symlinks=False) or entry.name in retired:
             continue  # a retired specimen's leftover records keep nothing alive
@@ -244,8 +253,10 @@ def reachable(
         IntegrityError: with ``starts`` None, if a ref does not hold a commit digest.
     """
     whole = starts is None
+    # Read once: the roots and the working records both leave retired specimens out.
+    retired = set(retirements(vault)) if whole or workdirs else set()
     if starts is None:
-        starts, required = live_roots(vault)
+        starts, required = live_roots(vault, retired)
     commits, problems = walk_commits(vault.objects, starts, required, on_read)
     live: set[Digest] = set(commits)
     for c in commits.values():
@@ -253,5 +264,5 @@ def reachable(
     if whole:
         live |= event_objects(vault)
     if workdirs:
-        live |= working_index_digests(vault)
+        live |= working_index_digests(vault, retired)
     return Reachable(commits, live, problems)

@@ -171,7 +171,7 @@ def verify(
             chk.check_workdir(sid, sealed, state, workdir_jobs)
         hashed_workdirs = pool.submit([(p, size) for *_, p, size in workdir_jobs])
         if scan is not None:
-            live = reach.live | working_index_digests(vault) | events
+            live = reach.live | working_index_digests(vault, retired) | events
             chk.report_garbage(scan, live, set(raw))
             chk.report_shared(scan)
         if catalog_read is not None:
