@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cas_vault"
 
 #: README.md's layers, top (foundations) first. A module may import its own layer and earlier ones.
 LAYERS: list[set[str]] = [
-    {"errors", "digest", "canonical", "atomic", "ids", "taxonomy", "hooks", "progress"},
+    {"errors", "digest", "canonical", "atomic", "ids", "taxonomy", "hooks", "progress", "units"},
     {"store", "objects", "commit", "journal", "refs", "findings", "scan"},
     {"workdir", "tensors", "zarrstore", "storage"},
     {"scaffold", "seal", "events", "labels", "annotations", "retirement", "taxonomies",
@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
      "names", "repository"},
     {"catalog", "query", "graph", "verify", "gc", "provenance", "seeding", "run", "logger",
      "legacy", "diff", "plot", "notes", "engines", "examples", "status", "remove"},
-    {"vault", "demo", "cli", "__main__"},
+    {"vault", "demo", "cli", "ui", "__main__"},
 ]
 
 

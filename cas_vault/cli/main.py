@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import VaultError
+from ..units import human_bytes
 from .text import escape
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ COMMAND_MODULES = (
     "lifecycle",
     "taxonomy",
     "workdirs",
+    "ui",
 )
 
 #: A bug in cas-vault (sysexits.h ``EX_SOFTWARE``): never 1, which means "a check found problems".
@@ -140,16 +142,6 @@ def echo_json(value: Any) -> None:
         # hold: escape them as JSON does (\udcff); json.loads and os.fsencode give the bytes back.
         text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=True, allow_nan=True)
     click.echo(text)
-
-
-def human_bytes(n: int) -> str:
-    """Format a byte count for people: ``191.8 KiB``."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 def main(argv: list[str] | None = None) -> None:

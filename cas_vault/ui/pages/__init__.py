@@ -1,0 +1,17 @@
+"""The pages, one module each; :data:`ROUTES` is every route they serve, in order.
+
+Each module exports ``ROUTES`` (a list of Starlette routes): HTML pages at ``/...`` and the JSON
+or binary data their scripts fetch at ``/api/...``.
+"""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from . import specimens
+
+__all__ = ["ROUTES"]
+
+ROUTES: list[BaseRoute] = [
+    *specimens.ROUTES,
+]

@@ -1,0 +1,18 @@
+// cas-vault UI: helpers every page's script uses.
+"use strict";
+window.casVault = {
+  /** The value of a <script type="application/json" id=...> block the server rendered. */
+  data(id) {
+    const el = document.getElementById(id);
+    return el ? JSON.parse(el.textContent) : null;
+  },
+  /** GET a JSON document; rejects with the server's error message. */
+  async getJSON(url) {
+    const r = await fetch(url, { headers: { accept: "application/json" } });
+    const body = await r.json().catch(() => ({ error: r.statusText }));
+    if (!r.ok) throw new Error(body.error || r.statusText);
+    return body;
+  },
+  /** A text node: the only way scripts put user text into the page. */
+  text(s) { return document.createTextNode(s == null ? "" : String(s)); },
+};
