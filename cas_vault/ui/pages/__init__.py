@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from . import specimens
+from .specimens import ROUTES as SPECIMENS
 
 __all__ = ["ROUTES"]
 
 ROUTES: list[BaseRoute] = [
-    *specimens.ROUTES,
+    *SPECIMENS,
 ]
