@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
+from .compare import ROUTES as COMPARE
+from .live import ROUTES as LIVE
+from .specimen import ROUTES as SPECIMEN
 from .specimens import ROUTES as SPECIMENS
+from .sql import ROUTES as SQL
 
 __all__ = ["ROUTES"]
 
-ROUTES: list[BaseRoute] = [
-    *SPECIMENS,
-]
+ROUTES: list[BaseRoute] = [*SPECIMENS, *SPECIMEN, *COMPARE, *SQL, *LIVE]
