@@ -71,6 +71,7 @@ class DemoResult:
             f"  vault {arg} log",
             f"  vault {arg} show {DEMO_ID}",
             f"  vault {arg} checkout {DEMO_ID} /tmp/{DEMO_ID}",
+            f"  vault {arg} ui --open         # browse, compare and query it in a web page",
         ]
         if self.vault.refs.get(SPECTRO_ID) is not None:
             lines += [
