@@ -125,7 +125,7 @@ class ShowInfo:
     commit: Commit
     parent_ids: tuple[str | None, ...]
     logical_bytes: int
-    unique_bytes: int
+    unique_bytes: int | None
     runs: tuple[str, ...] = ()
     run: str | None = None
     labels: tuple[str, ...] = ()
@@ -556,7 +556,8 @@ class Repository:
         entries.sort(key=lambda e: (e.commit.created, e.seq), reverse=True)
         return entries
 
-    def show(self, specimen_id: str, run: str | None = None) -> ShowInfo:
+    def show(self, specimen_id: str, run: str | None = None, *,
+             unique_bytes: bool = True) -> ShowInfo:
         """Describe a committed specimen: manifest, files, parents and byte accounting.
 
         A specimen with sealed runs is shown by its newest run (as the original's
@@ -565,6 +566,9 @@ class Repository:
         Args:
             specimen_id: the specimen: an id or a commit digest prefix (:meth:`lookup`).
             run: show this run of it instead of the newest.
+            unique_bytes: compute ``unique_bytes``, which reads every commit sealed before it
+                (time grows with the vault); False leaves it None (the catalog's
+                ``unique_bytes`` column holds the same figure).
 
         Raises:
             NotFoundError: if it is not committed, or has no such run (the message lists its
@@ -580,14 +584,15 @@ class Repository:
             raise NotFoundError(f"specimen {specimen_id} has no sealed run {run!r} (its runs, "
                                 f"newest first: {have})")
         shown = run if run is not None else (runs[0] if runs else None)
-        info = self._show(run_specimen_id(specimen_id, shown) if shown else specimen_id)
+        info = self._show(run_specimen_id(specimen_id, shown) if shown else specimen_id,
+                          unique_bytes)
         shown_id = info.specimen_id
         return replace(info, runs=runs, run=shown,
                        labels=tuple(n for n, lb in labels(self).items()
                                     if lb.specimen_id in (specimen_id, shown_id)),
                        annotations=tuple(annotations(self, shown_id)))
 
-    def _show(self, specimen_id: str) -> ShowInfo:
+    def _show(self, specimen_id: str, unique_bytes: bool = True) -> ShowInfo:
         gone = retirements(self).get(specimen_id)
         if gone is not None:
             raise NotFoundError(
@@ -598,22 +603,38 @@ class Repository:
         commit = self._read_logged(digest, specimen_id)
         if not isinstance(commit, Commit):
             raise IntegrityError(commit.message)
-        by_digest = {d: sid for sid, d in self.refs.all().items()}
-        earlier: set[str] = set()
-        for e in self._journal_entries():
-            if e.specimen_id == specimen_id:
-                break
-            try:
-                earlier.update(x.digest for x in self.read_commit(e.commit).tree.values())
-            except (NotFoundError, InvalidInputError, ChecksumMismatch):
-                continue
-        own = {e.digest: e.size for e in commit.tree.values()}
-        unique = sum(size for d, size in own.items() if d not in earlier)
+        unique: int | None = None
+        if unique_bytes:
+            earlier: set[str] = set()
+            for e in self._journal_entries():
+                if e.specimen_id == specimen_id:
+                    break
+                try:
+                    earlier.update(x.digest for x in self.read_commit(e.commit).tree.values())
+                except (NotFoundError, InvalidInputError, ChecksumMismatch):
+                    continue
+            own = {e.digest: e.size for e in commit.tree.values()}
+            unique = sum(size for d, size in own.items() if d not in earlier)
         return ShowInfo(
-            specimen_id, digest, commit, tuple(by_digest.get(p) for p in commit.parents),
+            specimen_id, digest, commit, tuple(self._parent_id(p) for p in commit.parents),
             commit.logical_bytes, unique,
             tensors=tuple(summarize_tree_tensors(self.objects, commit.tree)),
         )
+
+    def _parent_id(self, parent: Digest) -> str | None:
+        """The specimen id whose ref holds commit ``parent``, or None if no ref holds it.
+
+        The commit names its specimen, so this is one commit and one ref read, whatever the
+        vault's size; only a parent whose commit cannot be read (purged, damaged) costs a scan
+        of every ref.
+        """
+        try:
+            sid = self.read_commit(parent).specimen_id
+            if self.refs.get(sid) == parent:
+                return sid
+        except (NotFoundError, InvalidInputError, ChecksumMismatch):
+            pass
+        return next((s for s, d in self.refs.all().items() if d == parent), None)
 
     def _journal_entries(self) -> list[JournalEntry]:
         """The journal's decodable ref lines (not events): a damaged line (verify reports
