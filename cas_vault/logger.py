@@ -112,10 +112,16 @@ def read_log(specimen_dir: str | os.PathLike[str], name: str = "metrics") -> pl.
     raise NotFoundError(f"no step-wise log {name!r} in {wd}: nothing was flushed yet")
 
 
+#: Seconds a logger waits for its log's lock. A live logger holds it for its whole life, so a
+#: second one is refused all the same; the wait only lets a read-only probe (`vault status`,
+#: the UI's live page, which take the lock for an instant to ask) pass without failing a start.
+_LOCK_WAIT = 1.0
+
+
 def _log_lock(specimen_dir: Path, name: str) -> FileLock:
     root = _log_root(specimen_dir)
     root.mkdir(parents=True, exist_ok=True)
-    return FileLock(root / f"{name}.lock", timeout=0.0)
+    return FileLock(root / f"{name}.lock", timeout=_LOCK_WAIT)
 
 
 def _assemble(specimen_dir: Path, name: str) -> int:

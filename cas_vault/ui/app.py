@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.gzip import GZipMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -130,7 +130,12 @@ def create_app(repo: Repository, *, allowed_hosts: tuple[str, ...] | None = LOCA
     """
     from pathlib import Path
 
-    middleware = [Middleware(_SecurityHeaders), Middleware(GZipMiddleware, minimum_size=2048)]
+    # Pages and JSON shrink several times under gzip; the curves' float64 arrays do not, and
+    # compressing megabytes of them would only delay the plot.
+    middleware = [Middleware(_SecurityHeaders),
+                  Middleware(GZipMiddleware, minimum_size=2048, compresslevel=6,
+                             exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES,
+                                                    "application/octet-stream"))]
     if allowed_hosts is not None:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
     routes = [

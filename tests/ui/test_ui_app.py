@@ -150,3 +150,13 @@ def test_plotly_runs_under_the_content_security_policy(vault, serve, browser) ->
         "document.body.appendChild(d); Plotly.newPlot(d, [{y: [1, 3, 2]}]).then("
         "() => { window.plotted = true; }); }; document.head.appendChild(s);")
     wait_for(browser, lambda: browser.execute_script("return window.plotted === true"))
+
+
+def test_pages_are_compressed_and_binary_curves_are_not(vault, make_specimen) -> None:
+    make_specimen("gz", steps=2000)  # 16 KB of float64 losses: over gzip's minimum size
+    vault.commit("gz", message="m")
+    c = _client(vault)
+    assert c.get("/sql", headers={"accept-encoding": "gzip"}).headers.get("content-encoding") == "gzip"
+    r = c.get("/api/curves?ids=gz&metric=loss", headers={"accept-encoding": "gzip"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    assert "content-encoding" not in r.headers
