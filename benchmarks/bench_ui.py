@@ -174,7 +174,7 @@ def main() -> None:
         views = [
             ("table, first page, defaults", "/"),
             ("table, first page, final loss column", "/?metrics=loss"),
-            ("table, first page, sorted by final loss", "/?metrics=loss&sort=loss&desc=1"),
+            ("table, first page, sorted by final loss", "/?metrics=loss&sort=metric:loss&desc=1"),
             ("table, page 200 (offset 9,950)", "/?page=200"),
         ]
         interactive: dict[str, float] = {}

@@ -156,7 +156,7 @@ def test_table_in_the_browser_sorts_filters_and_shows_final_values(vault, serve,
     rows = browser.find_elements("css selector", "#specimens tbody tr")
     # Newest first by default.
     assert [r.get_attribute("data-id") for r in rows] == [f"s{i:03d}" for i in range(11, -1, -1)]
-    headings = [th.text for th in browser.find_elements("css selector", "#specimens thead th")]
+    headings = [th.text for th in browser.find_elements("css selector", "#specimens thead th:not(.pick)")]
     assert headings[:9] == ["id", "created ▼", "domain", "method", "model", "tags", "labels",
                             "runs", "message"]
     assert headings[9:] == ["loss", "acc"]
@@ -443,3 +443,23 @@ def test_runs_are_counted_in_their_specimens_row(vault, client) -> None:
     # A specimen whose results are runs shows its newest run's final value.
     assert float(sweep["metrics"]["loss"]) == 0.1
     assert t.rows[0]["runs"] == ""
+
+
+def test_ticked_rows_open_the_compare_page(vault, serve, browser, shot) -> None:
+    populate(vault, 5)
+    url = serve(vault)
+    browser.get(url + "/?sort=specimen_id&desc=0")
+    wait_for(browser, lambda: len(browser.find_elements("css selector", "#specimens tbody tr")) == 5)
+    button = browser.find_element("id", "compare-selected")
+    assert not button.is_enabled()
+    for sid in ("s001", "s003"):
+        browser.find_element("css selector", f'tr[data-id="{sid}"] input.pick').click()
+    assert button.is_enabled() and button.text == "Compare selected (2)"
+    shot("ticked")
+    button.click()
+    wait_for(browser, lambda: "/compare?" in browser.current_url)
+    assert "ids=s001%2Cs003" in browser.current_url
+    wait_for(browser, lambda: browser.execute_script("return document.body.dataset.rendered") == "1")
+    names = browser.execute_script(
+        "return document.querySelector('.js-plotly-plot').data.map(t => t.name)")
+    assert {"s001", "s003"} <= set(names)

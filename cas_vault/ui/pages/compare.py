@@ -138,24 +138,26 @@ def read_curves(repo: Repository, ids: list[str], file: str, metric: str) -> lis
 
     rel = _parquet_rel(file)
     empty = np.empty(0, dtype="<f8")
-    out: list[Curve] = []
-    for sid in ids:
+
+    def read(sid: str) -> Curve:
         spec = repo.specimen(sid)
         if rel not in spec.commit.tree:
-            out.append(Curve(sid, empty, empty, missing=f"no file {rel}"))
-            continue
+            return Curve(sid, empty, empty, missing=f"no file {rel}")
         path = spec.object_path(rel)
         schema = pl.read_parquet_schema(path)
         dtype = schema.get(metric)
         if dtype is None or not dtype.is_numeric() or metric == "step":
             why = "no column" if dtype is None else "not a numeric column"
-            out.append(Curve(sid, empty, empty, missing=f"{why} {metric!r} in {rel}"))
-            continue
+            return Curve(sid, empty, empty, missing=f"{why} {metric!r} in {rel}")
         has_step = "step" in schema and schema["step"].is_numeric()
         df = pl.read_parquet(path, columns=["step", metric] if has_step else [metric])
         y = _float64(df[metric])
         x = _float64(df["step"]) if has_step else np.arange(len(y), dtype="<f8")
-        out.append(Curve(sid, x, y, "step" if has_step else "row"))
+        return Curve(sid, x, y, "step" if has_step else "row")
+
+    # One file after another: decoding in parallel threads took the cores the browser needs
+    # to parse plotly.js at the same moment, and the plot came later, not sooner.
+    out = [read(sid) for sid in ids]
     if out and all(c.missing for c in out):
         raise NotFoundError(
             f"none of the {len(out)} specimen(s) has a numeric column {metric!r} in "
