@@ -167,7 +167,8 @@ def main() -> None:
     Vault.open(root).index()
 
     proc, url = start_ui(root)
-    driver = new_browser()
+    scratch = Path(tempfile.mkdtemp(prefix="bench-ui-chromium-"))
+    driver = new_browser(scratch)
     rows: list[tuple[str, str]] = []
     try:
         table_checks = "document.querySelectorAll('table#specimens tbody tr').length >= 50"
@@ -226,6 +227,7 @@ def main() -> None:
                      f"{fmed:6.0f} ms   (ours / bare: {rmed / fmed:.2f}x)"))
     finally:
         driver.quit()
+        shutil.rmtree(scratch, ignore_errors=True)
         proc.terminate()
         proc.wait(30)
         if not args.keep and args.dir is None:

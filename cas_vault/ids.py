@@ -6,7 +6,7 @@ import re
 
 from .errors import InvalidIdError
 
-__all__ = ["MAX_ID_LENGTH", "RUN_INFIX", "run_specimen_id", "validate_id"]
+__all__ = ["MAX_ID_LENGTH", "RUN_INFIX", "is_valid_id", "run_specimen_id", "validate_id"]
 
 MAX_ID_LENGTH = 128
 _ID_RE = re.compile(r"\A[A-Za-z0-9_.-]+\Z")
@@ -50,6 +50,15 @@ def validate_id(specimen_id: object) -> str:
             f"specimen id {shown!r} may not contain '..' or start with '.' or '-'; {hint}"
         )
     return specimen_id
+
+
+def is_valid_id(name: str) -> bool:
+    """True if ``name`` is an allowed specimen id (:func:`validate_id` would accept it)."""
+    try:
+        validate_id(name)
+    except InvalidIdError:
+        return False
+    return True
 
 
 def run_specimen_id(specimen_id: str, run_id: str) -> str:

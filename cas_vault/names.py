@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from .errors import InvalidInputError, NotFoundError
-from .ids import validate_id
+from .ids import is_valid_id, validate_id
 from .journal import decodable
 from .labels import LABEL_SIGIL, resolve_label
 
@@ -165,23 +165,15 @@ def known_ids(repo: Repository, prefix: str = "") -> dict[str, bool]:
     Returns:
         id -> whether it is committed (has a ref), sorted by id.
     """
-    found = dict.fromkeys((n for n in repo.refs.names(prefix) if _is_id(n)), True)
+    found = dict.fromkeys((n for n in repo.refs.names(prefix) if is_valid_id(n)), True)
     try:
         entries = list(os.scandir(repo.specimens_dir))
     except FileNotFoundError:
         entries = []
     for e in entries:
-        if e.name.startswith(prefix) and e.name not in found and _is_id(e.name) and e.is_dir():
+        if e.name.startswith(prefix) and e.name not in found and is_valid_id(e.name) and e.is_dir():
             found[e.name] = False
     return dict(sorted(found.items()))
-
-
-def _is_id(name: str) -> bool:
-    try:
-        validate_id(name)
-    except InvalidInputError:
-        return False
-    return True
 
 
 def _or(items: list[str]) -> str:

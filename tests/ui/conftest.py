@@ -16,9 +16,9 @@ from ui_browser import ARTIFACTS, new_browser, running_server
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One headless Chromium for the whole session."""
-    driver = new_browser()
+    driver = new_browser(tmp_path_factory.mktemp("chromium"))
     try:
         yield driver
     finally:

@@ -46,8 +46,13 @@ def find_chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-def new_browser() -> Any:
-    """A headless Chromium under Selenium; skips the calling test if there is none."""
+def new_browser(scratch: Path) -> Any:
+    """A headless Chromium under Selenium; skips the calling test if there is none.
+
+    Args:
+        scratch: an empty directory for the browser's profile and temporary files (Chromium
+            leaves its singleton directories in $TMPDIR); the caller removes it.
+    """
     found = find_chromium()
     if found is None:
         pytest.skip(f"no Chromium and chromedriver on this machine: install them ({INSTALL}) "
@@ -61,8 +66,10 @@ def new_browser() -> Any:
     options.binary_location = found[0]
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={scratch / 'profile'}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(found[1]), options=options)
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    return webdriver.Chrome(service=Service(found[1], env=env), options=options)
 
 
 @contextmanager

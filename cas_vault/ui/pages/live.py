@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Route
 
 from ...atomic import lock_state
 from ...errors import InvalidInputError, VaultError
-from ...ids import validate_id
+from ...ids import is_valid_id, validate_id
 from ...logger import LOG_DIR, busy_logs, unfinished_logs
 from ...run import RUN_LOCK_PATH
 from ...seal import unsealed_runs
@@ -88,7 +88,7 @@ def scan(repo: Repository) -> list[LiveItem]:
     try:
         with os.scandir(repo.specimens_dir) as it:
             entries = sorted((e.name, Path(e.path)) for e in it
-                             if _is_id(e.name) and e.is_dir(follow_symlinks=False))
+                             if is_valid_id(e.name) and e.is_dir(follow_symlinks=False))
     except FileNotFoundError:
         return []
     for sid, wd in entries:
@@ -117,14 +117,6 @@ def _items(repo: Repository, sid: str, wd: Path) -> list[LiveItem]:
             out.append(LiveItem(f"{sealed_as}/metrics", sid, sealed_as, "unsealed_run", "metrics",
                                 wd / RUNS_DIR / run_id / "metrics.parquet"))
     return out
-
-
-def _is_id(name: str) -> bool:
-    try:
-        validate_id(name)
-    except InvalidInputError:
-        return False
-    return True
 
 
 def _committed(repo: Repository, sid: str) -> bool:

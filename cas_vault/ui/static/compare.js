@@ -85,10 +85,7 @@
     return [lo - pad, hi + pad];
   }
 
-  /** Text for plotly labels, which understand a few HTML tags: shown as written, never markup. */
-  function label(s) {
-    return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
-  }
+  const label = casVault.plotText;
 
   function setUrlParam(name, value) {
     const url = new URL(window.location.href);

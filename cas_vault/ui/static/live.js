@@ -25,10 +25,7 @@
     return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(6)));
   }
 
-  /** Plotly labels understand a few HTML tags: show names as written, never as markup. */
-  function label(s) {
-    return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
-  }
+  const label = casVault.plotText;
 
   function el(tag, cls, text) {
     const e = document.createElement(tag);

@@ -15,11 +15,7 @@
     if (text != null) e.appendChild(casVault.text(text));
     return e;
   }
-  // Plotly reads a few HTML tags (<b>, <a href>) in titles and names: user text goes in with
-  // <, > and & as entities, which plotly shows as the characters they stand for.
-  function plotText(s) {
-    return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
-  }
+  const plotText = casVault.plotText;
   function ordinal(n) {
     const tens = n % 100, ones = n % 10;
     const suffix = tens >= 11 && tens <= 13 ? "th" : ({ 1: "st", 2: "nd", 3: "rd" }[ones] || "th");

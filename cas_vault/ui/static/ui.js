@@ -13,6 +13,11 @@ window.casVault = {
     if (!r.ok) throw new Error(body.error || r.statusText);
     return body;
   },
+  /** Text for plotly titles, axis and trace names, which understand a few HTML tags (<b>,
+   *  <a href>): user text is shown as written, never as markup. */
+  plotText(s) {
+    return String(s == null ? "" : s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  },
   /** A text node: the only way scripts put user text into the page. */
   text(s) { return document.createTextNode(s == null ? "" : String(s)); },
 };
