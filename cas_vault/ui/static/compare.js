@@ -122,7 +122,7 @@
     const metric = label(cfg.metric);
     const config = { responsive: true, displaylogo: false };
     const baseLayout = {
-      margin: { l: 60, r: 20, t: 10, b: 45 },
+      margin: { l: 60, r: 20, t: 36, b: 45 },
       xaxis: { title: { text: "step" } },
       yaxis: { title: { text: metric }, type: log ? "log" : "linear" },
       hovermode: "closest",
