@@ -18,10 +18,39 @@ headless Chromium (Selenium), each figure the median of R page loads:
 
 Chromium runs without a GPU here (WebGL on SwiftShader), so the plot figures are the CPU's.
 
+The peer, when mlflow is importable: MLflow's UI on the same data. Its SQLite store (under
+--dir/mlflow, reused with --reuse when complete) holds one experiment of M runs (default: as
+many as specimens) named, tagged (domain, method, model, tag.<t>) and with params (lr, seed,
+steps) and 100 steps of loss/accuracy/grad_norm as the specimens, plus the C long runs of
+S steps of loss; each run is made through ``MlflowClient.log_batch`` at MLflow's per-request
+limit (1,000 metrics), then ended. Creating 10,000 + 100 runs takes about 15-20 minutes.
+``mlflow server`` (--workers 1, as ``vault ui`` is one uvicorn process, or --mlflow-workers;
+its artifact roots under --dir/mlflow) then serves it alone, our server being stopped, to the
+same Chromium:
+
+- its experiment's runs page (``/#/experiments/<id>/runs``, a single-page app that asks its
+  API for the first 100 runs): first byte, DOMContentLoaded (only the app's shell: no row
+  yet) and "rows shown", from navigation start until >= 50 runs' rows (run-name links in the
+  table's rows) are in the DOM, noted on the first animation frame that has them. It is
+  compared with our first page's interactive time (our rows are in the HTML);
+- its metric page (``/#/metric/loss?runs=[...]``, the "plot chart" view of selected runs) for
+  the C long runs: from navigation start until its plotly plot holds a trace for every run,
+  two frames later, as ours. It plots MLflow's sampled history (320 points a run, from one
+  ``get-history-bulk-interval`` request), requested together with one full ``get-history``
+  per run (for the page's latest/min/max table), and the server answers it after those: at
+  100 runs a load takes minutes, so it is timed over min(R, 3) loads without a warm-up.
+  Points per trace are printed beside ours.
+
+Ratios are MLflow / ours.
+
 Usage:
     python benchmarks/bench_ui.py                      # 10,000 specimens + 100 x 10,000 steps
     python benchmarks/bench_ui.py --quick              # 1,000 specimens + 20 x 10,000 steps
     python benchmarks/bench_ui.py --dir /tmp/bench-ui --keep    # later: --reuse
+    # with MLflow as the peer, from a venv of its own:
+    python3 -m venv /tmp/venv-peers && /tmp/venv-peers/bin/pip install -q -e '.[test]' mlflow
+    /tmp/venv-peers/bin/python benchmarks/bench_ui.py --dir /tmp/bench-ui --keep --reuse
+    /tmp/venv-peers/bin/python benchmarks/bench_ui.py --quick --mlflow-runs 1000
 """
 
 from __future__ import annotations
@@ -30,8 +59,8 @@ import argparse
 import json
 import os
 import re
-import socket
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -91,7 +120,7 @@ def start_ui(root: Path) -> tuple[subprocess.Popen[str], str]:
     return proc, match.group(0).rstrip("/")
 
 
-# --- MLflow, the peer: the same runs in its SQLite store, its UI in the same browser ---------------
+# --- MLflow, the peer: the same runs in its SQLite store, its UI in the same browser -----------
 
 MLFLOW_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
@@ -163,7 +192,8 @@ def mlflow_store(mdir: Path, runs: int, curves: int, steps: int) -> tuple[str, l
     todo_table = [i for i in range(runs) if specimen(i)[0] not in done]
     if todo or todo_table:
         print(f"Creating {len(todo_table):,} MLflow runs of 100 steps x 3 metrics + {len(todo)} of "
-              f"{steps:,} steps in {mdir} (log_batch, {MAX_METRICS_PER_BATCH} metrics a request) ...",
+              f"{steps:,} steps in {mdir} (log_batch, {MAX_METRICS_PER_BATCH} metrics a "
+              "request) ...",
               file=sys.stderr)
     t0 = time.perf_counter()
     for name in todo:
@@ -209,7 +239,7 @@ def free_port() -> int:
 
 
 def start_mlflow(mdir: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
-    """``mlflow server`` on the store in ``mdir``, artifacts under it too; waits until it answers."""
+    """``mlflow server`` on the store in ``mdir`` (artifacts under it too), once it answers."""
     import urllib.request
 
     port = free_port()
@@ -220,8 +250,9 @@ def start_mlflow(mdir: Path, workers: int) -> tuple[subprocess.Popen[bytes], str
             "--artifacts-destination", str(mdir / "mlartifacts"),
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     log = open(mdir / "server.log", "wb")  # noqa: SIM115  (closed with the process)
+    # Its own process group: the server starts uvicorn and job runners, stopped with it.
     proc = subprocess.Popen(cmd, cwd=mdir, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **MLFLOW_ENV})
+                            env={**os.environ, **MLFLOW_ENV}, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -233,8 +264,22 @@ def start_mlflow(mdir: Path, workers: int) -> tuple[subprocess.Popen[bytes], str
                     return proc, url
         except OSError:
             time.sleep(0.5)
-    proc.kill()
+    stop_mlflow(proc)
     raise SystemExit(f"mlflow server did not answer within 180 s: see {mdir / 'server.log'}")
+
+
+def stop_mlflow(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the server started by ``start_mlflow`` and every process of its group."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
 
 
 # Injected into every document the browser loads once our pages are done (MLflow's pages are
@@ -284,8 +329,10 @@ def mlflow_wait(driver: Any, key: str, timeout: float) -> float | None:
 
 
 def mlflow_measure(driver: Any, url: str, exp: str, curve_runs: list[str], total_runs: int,
-                   steps: int, repeat: int) -> tuple[list[tuple[str, str]], dict[str, float | None]]:
-    """MLflow's runs page and its metric page for the long runs, timed in ``driver``."""
+                   steps: int, repeat: int,
+                   metric_repeat: int) -> tuple[list[tuple[str, str]], dict[str, float | None]]:
+    """MLflow's runs page (one warm-up, ``repeat`` loads) and its metric page for the long runs
+    (``metric_repeat`` loads), timed in ``driver``."""
     rows_wanted = min(50, total_runs)
     driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {
         "source": MLFLOW_PROBE % json.dumps({"rows": rows_wanted, "runs": len(curve_runs)})})
@@ -323,23 +370,25 @@ def mlflow_measure(driver: Any, url: str, exp: str, curve_runs: list[str], total
     from urllib.parse import quote
     metric_page = (f"{url}/#/metric/{metric}?"
                    + "&".join(f"{k}={quote(v, safe='')}" for k, v in q.items()))
+    # Each load takes minutes at 100 runs (see the docstring): no warm-up, at most 3 loads.
     drawn: list[float] = []
     failed = None
-    for i in range(repeat + 1):
+    for i in range(metric_repeat):
         driver.get("about:blank")
         driver.get(metric_page)
-        t = mlflow_wait(driver, "plot", 300)
+        t = mlflow_wait(driver, "plot", 600)
         if t is None:
             failed = driver.execute_script(
                 "const p = document.querySelector('.js-plotly-plot'); return p && p.data ? "
                 "new Set(p.data.filter(t => t.x && t.x.length).map(t => t.uuid)).size : 0")
             break
-        if i:
-            drawn.append(t)
+        drawn.append(t)
+        print(f"  ... MLflow's metric page, load {i + 1} of {metric_repeat}: {t / 1000:.1f} s",
+              file=sys.stderr)
     if failed is not None:
         figures["plot"] = None
         out.append((f"mlflow: metric page, {len(curve_runs)} runs' loss",
-                    f"NOT MEASURED: only {failed} of {len(curve_runs)} runs drawn within 300 s"))
+                    f"NOT MEASURED: only {failed} of {len(curve_runs)} runs drawn within 600 s"))
         return out, figures
     traces = driver.execute_script(
         "return document.querySelector('.js-plotly-plot').data.map(t => [t.uuid, t.x.length])")
@@ -351,7 +400,7 @@ def mlflow_measure(driver: Any, url: str, exp: str, curve_runs: list[str], total
     figures["plot"] = statistics.median(drawn)
     figures["points"] = float(max(per_trace))
     out.append((f"mlflow: metric page, {runs_drawn} runs' {metric}: navigation start -> drawn",
-                f"{figures['plot']:6.0f} ms"))
+                f"{figures['plot']:6.0f} ms   (median of {len(drawn)} loads)"))
     out.append((f"  {len(traces)} plotly traces ({len(traces) // max(runs_drawn, 1)} a run) of "
                 f"{'/'.join(map(str, per_trace))} points each: MLflow samples each run's history",
                 f"(ours: all {steps:,})"))
@@ -521,10 +570,9 @@ def main() -> None:
             try:
                 peer_rows, peer = mlflow_measure(driver, murl, exp, curve_runs,
                                                  mlflow_runs + args.curves, args.steps,
-                                                 args.repeat)
+                                                 args.repeat, min(args.repeat, 3))
             finally:
-                mproc.terminate()
-                mproc.wait(30)
+                stop_mlflow(mproc)
     finally:
         driver.quit()
         shutil.rmtree(scratch, ignore_errors=True)
