@@ -557,7 +557,7 @@ class Repository:
         return entries
 
     def show(self, specimen_id: str, run: str | None = None, *,
-             unique_bytes: bool = True) -> ShowInfo:
+             unique_bytes: bool = True, retired: bool = False) -> ShowInfo:
         """Describe a committed specimen: manifest, files, parents and byte accounting.
 
         A specimen with sealed runs is shown by its newest run (as the original's
@@ -569,10 +569,12 @@ class Repository:
             unique_bytes: compute ``unique_bytes``, which reads every commit sealed before it
                 (time grows with the vault); False leaves it None (the catalog's
                 ``unique_bytes`` column holds the same figure).
+            retired: describe a retired specimen too (by default it is refused, as it has left
+                ``log``), as long as its commit was not reclaimed.
 
         Raises:
             NotFoundError: if it is not committed, or has no such run (the message lists its
-                runs).
+                runs), or it is retired (unless ``retired``), or retired and its commit purged.
             IntegrityError: if its ref is corrupt or was deleted, or its commit cannot be read
                 (the message says what is wrong and what to do).
         """
@@ -585,16 +587,17 @@ class Repository:
                                 f"newest first: {have})")
         shown = run if run is not None else (runs[0] if runs else None)
         info = self._show(run_specimen_id(specimen_id, shown) if shown else specimen_id,
-                          unique_bytes)
+                          unique_bytes, retired)
         shown_id = info.specimen_id
         return replace(info, runs=runs, run=shown,
                        labels=tuple(n for n, lb in labels(self).items()
                                     if lb.specimen_id in (specimen_id, shown_id)),
                        annotations=tuple(annotations(self, shown_id)))
 
-    def _show(self, specimen_id: str, unique_bytes: bool = True) -> ShowInfo:
+    def _show(self, specimen_id: str, unique_bytes: bool = True,
+              retired: bool = False) -> ShowInfo:
         gone = retirements(self).get(specimen_id)
-        if gone is not None:
+        if gone is not None and not retired:
             raise NotFoundError(
                 f"specimen {specimen_id} was retired on {gone.time} by {gone.author}: "
                 f"{gone.reason!r}{' (purged)' if gone.purge else ''}; `vault log --all` lists "
@@ -602,6 +605,11 @@ class Repository:
         digest = self._resolve_logged(specimen_id)
         commit = self._read_logged(digest, specimen_id)
         if not isinstance(commit, Commit):
+            if gone is not None and commit.kind == "missing_commit":
+                raise NotFoundError(
+                    f"specimen {specimen_id} was retired on {gone.time} by {gone.author}: "
+                    f"{gone.reason!r}, and its commit was reclaimed: nothing of it is left to "
+                    "show")
             raise IntegrityError(commit.message)
         unique: int | None = None
         if unique_bytes:
@@ -616,25 +624,25 @@ class Repository:
             own = {e.digest: e.size for e in commit.tree.values()}
             unique = sum(size for d, size in own.items() if d not in earlier)
         return ShowInfo(
-            specimen_id, digest, commit, tuple(self._parent_id(p) for p in commit.parents),
+            specimen_id, digest, commit, tuple(self.id_of(p) for p in commit.parents),
             commit.logical_bytes, unique,
             tensors=tuple(summarize_tree_tensors(self.objects, commit.tree)),
         )
 
-    def _parent_id(self, parent: Digest) -> str | None:
-        """The specimen id whose ref holds commit ``parent``, or None if no ref holds it.
+    def id_of(self, commit: Digest | str) -> str | None:
+        """The specimen id whose ref holds ``commit``, or None if no ref holds it.
 
         The commit names its specimen, so this is one commit and one ref read, whatever the
-        vault's size; only a parent whose commit cannot be read (purged, damaged) costs a scan
-        of every ref.
+        vault's size; only a commit that cannot be read (purged, damaged) costs a scan of
+        every ref.
         """
         try:
-            sid = self.read_commit(parent).specimen_id
-            if self.refs.get(sid) == parent:
+            sid = self.read_commit(commit).specimen_id
+            if self.refs.get(sid) == commit:
                 return sid
         except (NotFoundError, InvalidInputError, ChecksumMismatch):
             pass
-        return next((s for s, d in self.refs.all().items() if d == parent), None)
+        return next((s for s, d in self.refs.all().items() if d == commit), None)
 
     def _journal_entries(self) -> list[JournalEntry]:
         """The journal's decodable ref lines (not events): a damaged line (verify reports

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from . import canonical
 from .atomic import lock_state
 from .errors import InvalidInputError, LockTimeoutError, NotFoundError, VaultError
-from .ids import validate_id
+from .ids import is_valid_id
 from .logger import busy_logs, unfinished_logs
 from .query import VaultQuery
 from .run import RUN_LOCK_PATH
@@ -58,7 +58,10 @@ __all__ = [
     "StatusReport",
     "UncommittedSpecimen",
     "UnsealedRun",
+    "is_committed",
+    "specimen_in_progress",
     "status",
+    "working_dirs",
 ]
 
 #: Added files are listed one by one (a tensor counts as one) up to this many entries; beyond
@@ -288,9 +291,9 @@ def status(repo: Repository) -> StatusReport:
     uncommitted: list[UncommittedSpecimen] = []
     runs: list[SpecimenRuns] = []
     in_progress: list[InProgress] = []
-    for sid, wd in _working_dirs(repo):
-        in_progress.extend(_in_progress(sid, wd))
-        if _committed(repo, sid):
+    for sid, wd in working_dirs(repo):
+        in_progress.extend(specimen_in_progress(sid, wd))
+        if is_committed(repo, sid):
             pending = _unsealed(repo, sid, wd)
             if pending is not None:
                 runs.append(pending)
@@ -299,26 +302,19 @@ def status(repo: Repository) -> StatusReport:
     return StatusReport(tuple(uncommitted), tuple(runs), tuple(in_progress), _catalog(repo))
 
 
-def _working_dirs(repo: Repository) -> list[tuple[str, Path]]:
-    """``(id, path)`` of each working directory; hidden entries (temp leftovers) and names
-    that are not specimen ids are no specimens."""
+def working_dirs(repo: Repository) -> list[tuple[str, Path]]:
+    """``(id, path)`` of each working directory, in id order; hidden entries (temp leftovers)
+    and names that are not specimen ids are no specimens."""
     try:
         with os.scandir(repo.specimens_dir) as it:
-            entries = list(it)
+            return sorted((e.name, Path(e.path)) for e in it
+                          if is_valid_id(e.name) and e.is_dir(follow_symlinks=False))
     except FileNotFoundError:
         return []
-    out = []
-    for e in entries:
-        try:
-            validate_id(e.name)
-        except InvalidInputError:
-            continue
-        if e.is_dir(follow_symlinks=False):
-            out.append((e.name, Path(e.path)))
-    return sorted(out)
 
 
-def _committed(repo: Repository, specimen_id: str) -> bool:
+def is_committed(repo: Repository, specimen_id: str) -> bool:
+    """True if ``specimen_id`` has a ref (a damaged one counts: `vault verify` reports it)."""
     try:
         return repo.refs.get(specimen_id) is not None
     except InvalidInputError:
@@ -468,7 +464,10 @@ def _unsealed(repo: Repository, sid: str, wd: Path) -> SpecimenRuns | None:
 
 
 # -- work in progress --------------------------------------------------------------------------
-def _in_progress(sid: str, wd: Path) -> list[InProgress]:
+def specimen_in_progress(sid: str, wd: Path) -> list[InProgress]:
+    """What is in progress in working directory ``wd`` of ``sid``: a ``vault run``, a commit,
+    a writer, step-wise logs being written and logs whose process is gone. Locks are probed
+    without waiting."""
     out = []
     running = lock_state(wd / RUN_LOCK_PATH) is not None
     if running:

@@ -264,3 +264,27 @@ def test_flatten_walks_maps_and_lists_of_maps() -> None:
     assert flatten({"a": {"b": 1, "c": []}, "s": [{"x": 1}], "t": [1, 2], "e": {}}) == [
         ("a.b", 1), ("a.c", []), ("s[0].x", 1), ("t", [1, 2]), ("e", {})]
     assert flatten({}) == []
+
+
+def test_show_describes_a_retired_specimen_only_when_asked(vault, make_specimen) -> None:
+    from cas_vault.errors import NotFoundError
+    from cas_vault.retirement import retire
+
+    make_specimen("base")
+    vault.commit("base", message="m")
+    make_specimen("kept", parents=["base"])
+    vault.commit("kept", message="m")
+    retire(vault, "base", "wrong data", purge=True)
+    with pytest.raises(NotFoundError, match="retired"):
+        vault.show("base")
+    info = vault.show("base", retired=True, unique_bytes=False)
+    assert info.specimen_id == "base" and info.unique_bytes is None
+    assert vault.show("kept").parent_ids == ("base",)  # a retired parent keeps its name
+    make_specimen("alone")
+    vault.commit("alone", message="m")
+    retire(vault, "alone", "a secret", purge=True)
+    vault.gc(grace=0)
+    # A live child keeps its retired parent's commit; nothing keeps a lone one's.
+    assert vault.show("base", retired=True).specimen_id == "base"
+    with pytest.raises(NotFoundError, match="reclaimed: nothing of it is left"):
+        vault.show("alone", retired=True)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from ..repository import Repository
 
-__all__ = ["BadParquet", "MetricsCache", "MetricsFile", "MetricsLoader"]
+__all__ = ["BadParquet", "MetricsCache", "MetricsFile", "MetricsLoader", "quote_ident"]
 
 #: A Parquet file's schema as (name, Arrow type) pairs.
 Key = tuple[tuple[str, str], ...]
@@ -134,7 +134,7 @@ class MetricsLoader:
             have = columns.get(low)
             if have is None:
                 name = writes[0][1]
-                conn.execute(f"ALTER TABLE metrics ADD COLUMN {_ident(name)} {want}")
+                conn.execute(f"ALTER TABLE metrics ADD COLUMN {quote_ident(name)} {want}")
                 columns[low] = (name, want)
             elif have[1] != want:
                 reload.update(self._retype(conn, low, have, want))
@@ -171,7 +171,7 @@ class MetricsLoader:
         be read again. The result is the table a build in any other order gives.
         """
         name, old = have
-        col = _ident(name)
+        col = quote_ident(name)
         keep = fits(conn, old, want)
         if keep:
             conn.execute(f"ALTER TABLE metrics ALTER COLUMN {col} SET DATA TYPE {want}")
@@ -286,7 +286,7 @@ class MetricsLoader:
             select = []
             for src, target, dtype in self._schema(conn, f):
                 if dtype != NULL_TYPE and fits(conn, dtype, columns[target.lower()][1]):
-                    select.append(f", {_ident(src)} AS {_ident(target)}")
+                    select.append(f", {quote_ident(src)} AS {quote_ident(target)}")
             plan = self._cache.plans[f.key] = "".join(select)
         return plan
 
@@ -324,6 +324,6 @@ def _add_problem(
             catalog_type=catalog_type, detail=detail)
 
 
-def _ident(name: str) -> str:
+def quote_ident(name: str) -> str:
     """Quote a SQL identifier (double quotes, embedded quotes doubled)."""
     return '"' + name.replace('"', '""') + '"'

@@ -6,7 +6,6 @@ Every page visited is saved as a screenshot; the plots are checked through plotl
 
 from __future__ import annotations
 
-import math
 import shutil
 import subprocess
 import urllib.parse

@@ -11,7 +11,6 @@ a JavaScript error or a Content-Security-Policy violation.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import threading
 import time

@@ -27,12 +27,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ...atomic import lock_state
 from ...errors import InvalidInputError, VaultError
-from ...ids import is_valid_id, validate_id
-from ...logger import LOG_DIR, busy_logs, unfinished_logs
-from ...run import RUN_LOCK_PATH
+from ...ids import validate_id
+from ...logger import LOG_DIR
 from ...seal import unsealed_runs
+from ...status import is_committed, specimen_in_progress, working_dirs
 from ...storage import check_name
 from ...workdir import RUNS_DIR
 from ..templating import json_dumps, render
@@ -81,17 +80,11 @@ class LiveItem:
 def scan(repo: Repository) -> list[LiveItem]:
     """Every piece of work in progress in ``repo``, in specimen id order.
 
-    Reads directory listings and probes lock files without waiting (as ``vault status``);
-    writes nothing.
+    What ``vault status`` reports as in progress, found the same way (directory listings and
+    lock probes that never wait); writes nothing.
     """
     out: list[LiveItem] = []
-    try:
-        with os.scandir(repo.specimens_dir) as it:
-            entries = sorted((e.name, Path(e.path)) for e in it
-                             if is_valid_id(e.name) and e.is_dir(follow_symlinks=False))
-    except FileNotFoundError:
-        return []
-    for sid, wd in entries:
+    for sid, wd in working_dirs(repo):
         try:
             out.extend(_items(repo, sid, wd))
         except OSError:
@@ -101,14 +94,14 @@ def scan(repo: Repository) -> list[LiveItem]:
 
 def _items(repo: Repository, sid: str, wd: Path) -> list[LiveItem]:
     out = []
-    busy = busy_logs(wd)
-    logs = [(n, "logging") for n in busy]
-    logs += [(n, "unfinished_log") for n in unfinished_logs(wd) if n not in busy]
-    for name, kind in logs:
-        out.append(LiveItem(f"{sid}/{name}", sid, sid, kind, name, wd / LOG_DIR / name))
-    if lock_state(wd / RUN_LOCK_PATH) is not None and not busy:
+    progress = specimen_in_progress(sid, wd)
+    logs = [p for p in progress if p.kind in ("logging", "unfinished_log")]
+    for p in logs:
+        out.append(LiveItem(f"{sid}/{p.name}", sid, sid, p.kind, p.name, wd / LOG_DIR / p.name))
+    # A run that logs step by step is followed through its log; one that does not, by itself.
+    if any(p.kind == "run" for p in progress) and not any(p.kind == "logging" for p in logs):
         out.append(LiveItem(f"{sid}/", sid, sid, "run", None, None))
-    if (wd / RUNS_DIR).is_dir() and _committed(repo, sid):
+    if (wd / RUNS_DIR).is_dir() and is_committed(repo, sid):
         try:
             pending = unsealed_runs(repo, sid, wd)
         except VaultError:
@@ -117,13 +110,6 @@ def _items(repo: Repository, sid: str, wd: Path) -> list[LiveItem]:
             out.append(LiveItem(f"{sealed_as}/metrics", sid, sealed_as, "unsealed_run", "metrics",
                                 wd / RUNS_DIR / run_id / "metrics.parquet"))
     return out
-
-
-def _committed(repo: Repository, sid: str) -> bool:
-    try:
-        return repo.refs.get(sid) is not None
-    except InvalidInputError:
-        return True  # a damaged ref is still a ref
 
 
 class _ScanCache:

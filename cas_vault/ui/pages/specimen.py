@@ -33,7 +33,6 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ...annotations import annotations
 from ...engines.spectroscopy import ENGINE_NAME
 from ...errors import InvalidInputError, NotFoundError, VaultError
 from ...ids import run_specimen_id
@@ -41,7 +40,6 @@ from ...query import VaultQuery
 from ...repository import ShowInfo
 from ...retirement import Retirement, retirements
 from ...storage import check_run_id
-from ...tensors import summarize_tree_tensors
 from ..templating import json_dumps, render
 
 if TYPE_CHECKING:
@@ -105,7 +103,7 @@ def specimen_page(request: Request) -> Response:
     files_all = _choice(request, "files", ("all",)) == "all"
 
     retired = retirements(repo)
-    info, unique_known = _show(repo, sid, run, retired)
+    info = _show(repo, sid, run)
     spec = repo.specimen(info.specimen_id)
     commit = info.commit
     metadata = dict(commit.manifest.metadata)
@@ -129,7 +127,7 @@ def specimen_page(request: Request) -> Response:
         request, "specimen.html", title=f"Specimen {sid}",
         sid=sid, info=info, commit=commit, run=info.run,
         retired=retired.get(sid) or retired.get(info.specimen_id),
-        unique_known=unique_known,
+        unique_known=info.unique_bytes is not None,
         metadata=metadata, provenance=_displayable(provenance) if provenance is not None else None,
         prov_summary=_provenance_summary(provenance),
         git_diff=_git_diff(spec, provenance), run_log=_run_log(spec, provenance),
@@ -144,48 +142,23 @@ def specimen_page(request: Request) -> Response:
     )
 
 
-def _show(repo: Repository, sid: str, run: str | None,
-          retired: Mapping[str, Retirement]) -> tuple[ShowInfo, bool]:
-    """``repo.show(sid, run)``, and for a retired specimen the same description built here
-    (``show`` refuses one; its page still answers, saying it was retired); with whether its
-    ``unique_bytes`` is known (not for a retired one).
+def _show(repo: Repository, sid: str, run: str | None) -> ShowInfo:
+    """``repo.show(sid, run)``, retired specimens included (their page still answers, saying
+    so), with ``unique_bytes`` from the catalog (None when it has no row: retired specimens).
 
     ``show`` would compute the new bytes by reading every earlier commit, which takes most of
     a second in a vault of 10,000 specimens; the catalog already holds that figure.
     """
+    info = repo.show(sid, run=run, unique_bytes=False, retired=True)
     try:
-        info = repo.show(sid, run=run, unique_bytes=False)
-    except NotFoundError:
-        gone = retired.get(sid)
-        if gone is None or run is not None:
-            raise
-    else:
-        try:
-            found = VaultQuery(repo).search(
-                "SELECT unique_bytes FROM catalog WHERE specimen_id = ? AND commit = ?",
-                [info.specimen_id, info.digest], timeout=30)
-        except VaultError:
-            found = None  # the catalog cannot answer now: the page goes without the figure
-        if found is None or found.height == 0 or found.item(0, 0) is None:
-            return info, False
-        return replace(info, unique_bytes=int(found.item(0, 0))), True
-    digest = repo.resolve(sid)
-    try:
-        commit = repo.read_commit(digest)
-    except NotFoundError:
-        raise NotFoundError(
-            f"specimen {sid} was retired on {gone.time} by {gone.author}: {gone.reason!r}, and "
-            "its commit was purged: nothing of it is left to show") from None
-    parent_ids = []
-    for p in commit.parents:
-        try:
-            parent_ids.append(_ref_of(repo, p, repo.read_commit(p)))
-        except VaultError:
-            parent_ids.append(None)
-    return ShowInfo(
-        sid, digest, commit, tuple(parent_ids),
-        commit.logical_bytes, 0, annotations=tuple(annotations(repo, sid)),
-        tensors=tuple(summarize_tree_tensors(repo.objects, commit.tree))), False
+        found = VaultQuery(repo).search(
+            "SELECT unique_bytes FROM catalog WHERE specimen_id = ? AND commit = ?",
+            [info.specimen_id, info.digest], timeout=30)
+    except VaultError:
+        return info  # the catalog cannot answer now: the page goes without the figure
+    if found.height == 0 or found.item(0, 0) is None:
+        return info
+    return replace(info, unique_bytes=int(found.item(0, 0)))
 
 
 def _run_param(request: Request) -> str | None:
@@ -659,7 +632,7 @@ def _lineage(repo: Repository, info: ShowInfo, retired: Mapping[str, Retirement]
                     parent: Commit | None = repo.read_commit(p)
                 except VaultError:
                     parent = None  # a missing parent: `vault verify` reports it; draw the rest
-                sid = known[p] if p in known else _ref_of(repo, p, parent)
+                sid = known[p] if p in known else repo.id_of(p)
                 nodes[p] = _Node(p, sid, -depth, sid in gone)
                 if parent is not None and depth < ANCESTOR_DEPTH:
                     nxt.append((p, parent))
@@ -687,16 +660,6 @@ def _lineage(repo: Repository, info: ShowInfo, retired: Mapping[str, Retirement]
 
     _layout(out, nodes, edges, info.digest)
     return out
-
-
-def _ref_of(repo: Repository, digest: str, commit: Commit | None) -> str | None:
-    """The id whose ref holds ``digest`` (the id its commit names, checked), else None."""
-    if commit is None:
-        return None
-    try:
-        return commit.specimen_id if repo.refs.get(commit.specimen_id) == digest else None
-    except VaultError:
-        return None
 
 
 def _layout(out: Lineage, nodes: dict[str, _Node], edges: set[tuple[str, str]], me: str) -> None:

@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from ...catalog.metrics import quote_ident
 from ...catalog.schema import METRIC_KEY_COLUMNS
 from ...errors import InvalidInputError, QueryTimeoutError
 from ...query import VaultQuery
@@ -218,10 +219,6 @@ def check_where(clause: str) -> None:
         raise InvalidInputError("the WHERE clause leaves a parenthesis open; close it")
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 # Orphan runs (sealed runs whose specimen is not in the catalog) are listed as rows of their own.
 _BASE = """
     SELECT c.specimen_id, c.created, c.domain, c.method, c.model, c.tags, c.message,
@@ -281,14 +278,14 @@ def page_sql(view: TableView, step_column: str | None) -> tuple[str, dict[str, A
         scope = "base" if by_metric else "page_ids"
         if not by_metric:
             ctes.append(f"page_ids AS (SELECT specimen_id FROM base ORDER BY "
-                        f"{_quote(view.sort)} {direction} NULLS LAST, specimen_id "
+                        f"{quote_ident(view.sort)} {direction} NULLS LAST, specimen_id "
                         f"LIMIT {view.per_page} OFFSET {offset})")
         ctes.append(_final_values_sql(scope, metric_alias, step_column))
     if by_metric:
         key = metric_alias[view.sort[len(METRIC_SORT):]]
         order = f"f.{key} {direction} NULLS LAST, b.specimen_id"
     else:
-        order = f"b.{_quote(view.sort)} {direction} NULLS LAST, b.specimen_id"
+        order = f"b.{quote_ident(view.sort)} {direction} NULLS LAST, b.specimen_id"
     finals = "".join(f", f.{a}" for a in metric_alias.values())
     join = " LEFT JOIN finals f USING (specimen_id)" if metric_alias else ""
     ctes.append(f"page AS (SELECT b.*{finals}, row_number() OVER (ORDER BY {order}) AS _pos "
@@ -309,10 +306,10 @@ def _final_values_sql(scope: str, aliases: dict[str, str], step_column: str | No
     # stopped logging a metric before its last step shows the last value it logged. Rows without
     # a step (a file that has none) count in the order they were written.
     def final(column: str) -> str:
-        by_row = f"arg_max(m.{_quote(column)}, m.rowid)"
+        by_row = f"arg_max(m.{quote_ident(column)}, m.rowid)"
         if step_column is None:
             return by_row
-        return f"coalesce(arg_max(m.{_quote(column)}, m.{_quote(step_column)}), {by_row})"
+        return f"coalesce(arg_max(m.{quote_ident(column)}, m.{quote_ident(step_column)}), {by_row})"
 
     per_source = ", ".join(f"{final(m)} AS {a}" for m, a in aliases.items())
     prefer = ", ".join(f"arg_min(v.{a}, s.pref) FILTER (WHERE v.{a} IS NOT NULL) AS {a}"
